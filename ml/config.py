@@ -1,0 +1,202 @@
+"""Settings (infrastructure) and params (what the model is).
+
+Settings come from the environment and `.env` with the prefix ``EMOFLOW_``; every field is
+listed in `.env.example`. Params come from the versioned ``params.yaml``, one section per step.
+Nothing here touches the disk or the network at import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+EMOTIONS: tuple[str, ...] = (
+    "anger",
+    "contempt",
+    "disgust",
+    "fear",
+    "happy",
+    "neutral",
+    "sad",
+    "surprise",
+)
+"""The eight AffectNet emotions, in AffectNet's class-id order (0 = anger ... 7 = surprise)."""
+
+
+class Settings(BaseSettings):
+    """Where things live and how to reach them. Both modes read this; only the values differ."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EMOFLOW_", env_file=PROJECT_ROOT / ".env", extra="ignore"
+    )
+
+    home: Path = Field(PROJECT_ROOT / ".emoflow", description="All local state lives here.")
+    params_file: Path = Field(PROJECT_ROOT / "params.yaml", description="Per-step parameters.")
+    mlflow_tracking_uri: str = "http://127.0.0.1:5000"
+    mlflow_backend_store_uri: str | None = None
+    mlflow_artifacts_destination: str | None = None
+    model_name: str = "emotion-detector"
+    data_repo: str | None = None
+    dvc_remote_url: str | None = None
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 3000
+    airflow_port: int = 8080
+    prediction_log_uri: str | None = None
+
+    # Derived defaults: everything under `home` unless set explicitly.
+    @property
+    def mlflow_port(self) -> int:
+        """Port of the embedded MLflow server: the one the tracking URI names."""
+        return urlparse(self.mlflow_tracking_uri).port or 5000
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def backend_store_uri(self) -> str:
+        return self.mlflow_backend_store_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def artifacts_destination(self) -> str:
+        return self.mlflow_artifacts_destination or str(self.mlflow_dir / "artifacts")
+
+    @property
+    def registry_repo(self) -> str:
+        """Git+DVC repository whose commits are the data revisions."""
+        return self.data_repo or str(self.home / "data-registry")
+
+    @property
+    def remote_url(self) -> str:
+        return self.dvc_remote_url or str(self.home / "dvc-remote")
+
+    @property
+    def prediction_log(self) -> str:
+        return self.prediction_log_uri or f"sqlite:///{self.home / 'predictions.db'}"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def workspaces_dir(self) -> Path:
+        return self.home / "workspaces"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def service_url(self) -> str:
+        return f"http://{self.serve_host}:{self.serve_port}"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SampleParams(_Section):
+    """Size of the bundled sample dataset (images per split)."""
+
+    seed: int = 0
+    train: int = Field(2400, ge=1)
+    valid: int = Field(400, ge=1)
+    test: int = Field(400, ge=1)
+
+
+class ValidateParams(_Section):
+    min_image_size: int = Field(32, ge=1, description="Smallest accepted width/height (px).")
+    min_images_per_split: int = Field(8, ge=1)
+
+
+class TrainParams(_Section):
+    model: str = Field("yolov8n.yaml", description="A YAML architecture or a path to weights.")
+    imgsz: int = Field(96, ge=32)
+    epochs: int = Field(30, ge=1)
+    batch: int = Field(32, ge=1)
+    patience: int = Field(10, ge=1)
+    seed: int = 0
+    device: str = Field("auto", description="'auto' = CUDA when present, else 'cpu'.")
+    workers: int = Field(2, ge=0)
+
+
+class GateParams(_Section):
+    min_map50: float = Field(0.25, ge=0, le=1)
+    min_map50_95: float = Field(0.1, ge=0, le=1)
+    min_improvement: float = Field(
+        0.0, description="Challenger mAP50 must beat the champion's by at least this."
+    )
+
+
+class DriftParams(_Section):
+    share_threshold: float = Field(
+        0.5, ge=0, le=1, description="Share of drifted features that marks the data as drifted."
+    )
+    max_rows: int = Field(5000, ge=10, description="Rows sampled per side into the report.")
+
+
+class Params(_Section):
+    sample: SampleParams = SampleParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    train: TrainParams = TrainParams()
+    gate: GateParams = GateParams()
+    drift: DriftParams = DriftParams()
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @cached_property
+    def digest(self) -> str:
+        """Content digest of the params: a lineage tag on every model version."""
+        text = self.model_dump_json(by_alias=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class ConfigError(ValueError):
+    """A settings or params file is wrong; the message names the file and the field."""
+
+
+def load_params(path: Path | None = None, overrides: dict | None = None) -> Params:
+    """Read params.yaml; ``overrides`` is ``{"train": {"epochs": 1}, ...}`` from DAG Params."""
+    path = Path(path or Settings().params_file)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: params file not found") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    for section, values in (overrides or {}).items():
+        raw.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from exc
+
+
+def resolve_device(device: str) -> str:
+    """'auto' becomes '0' (first CUDA GPU) when torch sees one, else 'cpu'."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "0" if torch.cuda.is_available() else "cpu"
+
+
+Mode = Literal["embedded", "distributed"]

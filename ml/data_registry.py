@@ -1,0 +1,212 @@
+"""The data registry: a git repository whose tags are data revisions, its data in a DVC remote.
+
+Layout of the registry repository (``Settings.registry_repo``)::
+
+    data/emotions.dvc        pointer committed to git, one commit + tag ``rN`` per revision
+    data/emotions/           the dataset (YOLO layout), ignored by git, pushed to the DVC remote
+      data.yaml
+      {train,valid,test}/{images,labels}/
+
+A revision is named by its tag; its identity is the tag plus the DVC content digest of the
+dataset folder. Pulling a revision copies exactly those files into a workspace folder.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel
+
+from ml.config import EMOTIONS, Settings
+from ml.records import DatasetRef
+
+DATASET = "data/emotions"
+SPLITS = ("train", "valid", "test")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+
+class DataRegistryError(RuntimeError):
+    """The registry or a batch is not as expected; the message says what and where."""
+
+
+class Revision(BaseModel):
+    name: str
+    commit: str
+    digest: str
+    date: str
+    message: str
+
+
+def _git(repo: Path, *args: str) -> str:
+    result = subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=emoflow", "-c", "user.email=emoflow@localhost",
+         *args],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise DataRegistryError(f"git {' '.join(args)} in {repo}: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def _dvc_repo(path: Path):
+    from dvc.repo import Repo
+
+    return Repo(str(path))
+
+
+def init(settings: Settings) -> Path:
+    """Create the registry repository and its default DVC remote; no-op when it exists."""
+    repo_path = Path(settings.registry_repo)
+    if (repo_path / ".dvc").is_dir():
+        return repo_path
+    from dvc.repo import Repo
+
+    repo_path.mkdir(parents=True, exist_ok=True)
+    _git(repo_path, "init", "--quiet", "--initial-branch", "main")
+    repo = Repo.init(str(repo_path))
+    with repo.config.edit() as conf:
+        conf["core"]["analytics"] = False
+        conf["core"]["check_update"] = False
+        conf["core"]["autostage"] = True
+        conf["remote"]["storage"] = {"url": settings.remote_url}
+        conf["core"]["remote"] = "storage"
+    (repo_path / "data").mkdir(exist_ok=True)
+    _git(repo_path, "add", "-A")
+    _git(repo_path, "commit", "--quiet", "-m", "Create the emoflow data registry")
+    return repo_path
+
+
+def _split_dirs(root: Path) -> dict[str, Path]:
+    """Map canonical split names to the source's split folders (`val` is accepted for valid)."""
+    found = {}
+    for split in SPLITS:
+        for name in (split, "val") if split == "valid" else (split,):
+            if (root / name / "images").is_dir():
+                found[split] = root / name
+                break
+    if not found:
+        raise DataRegistryError(
+            f"{root}: no split folders found; expected {{train,valid,test}}/images and /labels"
+        )
+    return found
+
+
+def _merge_batch(source: Path, dataset: Path) -> int:
+    """Copy a YOLO-layout batch into the dataset folder; returns the number of new images."""
+    added = 0
+    for split, split_dir in _split_dirs(source).items():
+        for kind in ("images", "labels"):
+            (dataset / split / kind).mkdir(parents=True, exist_ok=True)
+        for image in sorted((split_dir / "images").iterdir()):
+            if image.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            label = split_dir / "labels" / f"{image.stem}.txt"
+            for src, dst in ((image, dataset / split / "images" / image.name),
+                             (label, dataset / split / "labels" / label.name)):  # fmt: skip
+                if not src.exists():
+                    continue  # an image without a label is a background image
+                if dst.exists():
+                    if filecmp.cmp(src, dst, shallow=False):
+                        continue
+                    raise DataRegistryError(
+                        f"{src}: a different file named {dst.name} is already in {split}; "
+                        "rename the batch's files (names must be unique in a split)"
+                    )
+                shutil.copy2(src, dst)
+                added += src is image
+    (dataset / "data.yaml").write_text(
+        yaml.safe_dump(
+            {"train": "train/images", "val": "valid/images", "test": "test/images",
+             "nc": len(EMOTIONS), "names": list(EMOTIONS)},
+            sort_keys=False,
+        )
+    )  # fmt: skip
+    return added
+
+
+def add_batch(settings: Settings, source: Path, note: str) -> Revision:
+    """Append a YOLO-layout batch to the dataset and record it as a new revision (pushed)."""
+    repo_path = init(settings)
+    source = Path(source)
+    if not source.is_dir():
+        raise DataRegistryError(f"{source}: batch folder not found")
+    dataset = repo_path / DATASET
+    if (repo_path / f"{DATASET}.dvc").exists() and not dataset.is_dir():
+        _dvc_repo(repo_path).checkout(targets=[str(dataset)])
+    added = _merge_batch(source, dataset)
+    if added == 0:
+        raise DataRegistryError(f"{source}: the batch adds no new images to the dataset")
+    repo = _dvc_repo(repo_path)
+    repo.add(str(dataset))
+    repo.push(targets=[str(dataset)])
+    name = f"r{len(revisions(settings)) + 1}"
+    _git(repo_path, "add", f"{DATASET}.dvc", "data/.gitignore")
+    _git(repo_path, "commit", "--quiet", "-m", f"{name}: +{added} images from {note}")
+    _git(repo_path, "tag", name)
+    return revision(settings, name)
+
+
+def _digest(pointer_text: str, where: str) -> str:
+    outs = (yaml.safe_load(pointer_text) or {}).get("outs") or [{}]
+    md5 = outs[0].get("md5")
+    if not md5:
+        raise DataRegistryError(f"{where}: DVC pointer has no md5")
+    return md5.removesuffix(".dir")
+
+
+def revision(settings: Settings, name: str = "latest") -> Revision:
+    """Resolve a revision name (a tag, or `latest`) to its commit and content digest."""
+    repo_path = Path(settings.registry_repo)
+    if not (repo_path / ".dvc").is_dir():
+        raise DataRegistryError(f"{repo_path}: no data registry here; run `emoflow data init`")
+    if name == "latest":
+        tags = _tags(repo_path)
+        if not tags:
+            raise DataRegistryError(f"{repo_path}: the registry has no revision yet")
+        name = tags[-1]
+    try:
+        commit = _git(repo_path, "rev-list", "-n", "1", f"refs/tags/{name}")
+    except DataRegistryError:
+        known = ", ".join(_tags(repo_path)) or "none"
+        raise DataRegistryError(f"unknown data revision {name!r} (known: {known})") from None
+    pointer = _git(repo_path, "show", f"{commit}:{DATASET}.dvc")
+    date, message = _git(repo_path, "log", "-1", "--format=%cI%n%s", commit).split("\n", 1)
+    return Revision(
+        name=name, commit=commit, digest=_digest(pointer, f"{name}:{DATASET}.dvc"),
+        date=date, message=message,
+    )  # fmt: skip
+
+
+def _tags(repo_path: Path) -> list[str]:
+    tags = _git(repo_path, "tag", "--list", "r*").split()
+    return sorted((t for t in tags if t[1:].isdigit()), key=lambda t: int(t[1:]))
+
+
+def revisions(settings: Settings) -> list[Revision]:
+    repo_path = Path(settings.registry_repo)
+    if not (repo_path / ".dvc").is_dir():
+        return []
+    return [revision(settings, tag) for tag in _tags(repo_path)]
+
+
+def pull(settings: Settings, name: str = "latest") -> DatasetRef:
+    """Fetch a revision from the DVC remote into its own workspace folder (reused if present)."""
+    rev = revision(settings, name)
+    workspace = settings.workspaces_dir / f"{rev.name}-{rev.digest[:12]}"
+    if not (workspace / "data.yaml").is_file():
+        from dvc.repo import Repo
+
+        settings.workspaces_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{rev.name}-", dir=settings.workspaces_dir))
+        try:
+            Repo.get(settings.registry_repo, DATASET, out=str(tmp / "data"), rev=rev.commit)
+            os.replace(tmp / "data", workspace)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return DatasetRef(revision=rev.name, commit=rev.commit, digest=rev.digest, path=workspace)

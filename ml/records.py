@@ -1,0 +1,76 @@
+"""The small typed records that travel between steps (and through Airflow XCom as JSON)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetRef(Record):
+    """A pulled data revision: a YOLO-layout folder with `data.yaml`, named by revision and digest."""
+
+    revision: str  # registry tag, e.g. "r3"
+    commit: str  # git commit of the registry that holds this revision
+    digest: str  # DVC content digest of the dataset folder
+    path: Path  # workspace folder that holds data.yaml and {train,valid,test}/{images,labels}
+
+
+class ValidationResult(Record):
+    ok: bool
+    revision: str
+    errors: list[str]  # "file: rule: what was found", at most a few hundred
+    warnings: list[str]
+    counts: dict[str, int]  # images / labels / boxes per split
+    docs_url: str  # file:// URL of the Great Expectations Data Docs page for this run
+
+
+class TrainResult(Record):
+    run_id: str
+    model_uri: str  # the logged ONNX model in MLflow (models:/m-...), what gets registered
+    weights: Path  # best.pt
+    onnx: Path  # best.onnx, what the service runs
+    metrics: dict[str, float]  # final validation metrics (map50, map50_95, precision, recall)
+    device: str
+    seconds: float
+
+
+class ModelRef(Record):
+    name: str
+    version: int
+    run_id: str
+
+
+class EvalResult(Record):
+    """Metrics of one model on the test split of one dataset."""
+
+    version: int | None  # registry version, None for an unregistered file
+    map50: float
+    map50_95: float
+    per_class_recall: dict[str, float]
+
+
+class GateResult(Record):
+    passed: bool
+    reasons: list[str]
+    challenger: EvalResult
+    champion: EvalResult | None
+    report_path: Path
+
+
+class DriftResult(Record):
+    drifted: bool
+    share: float  # share of features whose distribution drifted
+    reference: str  # what the new data was compared with (revision and split)
+    html_path: Path
+
+
+class PromoteResult(Record):
+    promoted: bool
+    champion: int | None  # version that holds the champion alias after the step
+    previous: int | None
+    reason: str

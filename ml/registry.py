@@ -1,0 +1,143 @@
+"""The MLflow model registry: register, look up and move the aliases of `emotion-detector`.
+
+What is served is the version the alias `champion` points at. Promotion moves `champion` to
+the challenger and `previous` to the old champion, so a rollback is one alias move.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ml.config import Settings
+from ml.records import DatasetRef, ModelRef, PromoteResult, TrainResult
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous", "challenger"
+MODEL_ARTIFACT = "model"  # name of the logged ONNX model inside each training run
+
+
+def client(settings: Settings) -> MlflowClient:
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+    return mlflow.MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
+
+
+def log_model_files(weights: Path, onnx_path: Path) -> str:
+    """Inside an active run: both files as run artifacts, the ONNX export as an MLflow model.
+
+    Returns the logged model's URI (``models:/m-...``), which is what gets registered.
+    """
+    import mlflow
+    import onnx
+
+    mlflow.log_artifact(str(weights), artifact_path="weights")
+    mlflow.log_artifact(str(onnx_path), artifact_path="weights")
+    info = mlflow.onnx.log_model(
+        onnx.load(str(onnx_path)), name=MODEL_ARTIFACT, save_as_external_data=False
+    )
+    return info.model_uri
+
+
+def register(
+    train: TrainResult, dataset: DatasetRef, lineage: dict[str, str], settings: Settings
+) -> ModelRef:
+    """Register the run's model; registering the same run again returns the same version."""
+    mlflow_client = client(settings)
+    name = settings.model_name
+    existing = mlflow_client.search_model_versions(f"name='{name}' and run_id='{train.run_id}'")
+    if existing:
+        version = min(int(v.version) for v in existing)
+        return ModelRef(name=name, version=version, run_id=train.run_id)
+    import mlflow
+
+    tags = {
+        "data_revision": dataset.revision,
+        "data_digest": dataset.digest,
+        "data_commit": dataset.commit,
+        **lineage,
+        **{f"val_{k}": f"{v:.4f}" for k, v in train.metrics.items()},
+    }
+    version = mlflow.register_model(train.model_uri, name, tags=tags).version
+    ref = ModelRef(name=name, version=int(version), run_id=train.run_id)
+    mlflow_client.set_registered_model_alias(name, CHALLENGER, str(ref.version))
+    return ref
+
+
+def version_by_alias(settings: Settings, alias: str) -> ModelRef | None:
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = client(settings)
+    try:
+        mv = mlflow_client.get_model_version_by_alias(settings.model_name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+    return ModelRef(name=settings.model_name, version=int(mv.version), run_id=mv.run_id)
+
+
+def download_onnx(settings: Settings, ref: ModelRef, dst: Path) -> Path:
+    """Download the ONNX file of a model version into `dst`; returns the .onnx path."""
+    import mlflow
+
+    client(settings)
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            f"models:/{ref.name}/{ref.version}", dst_path=str(dst)
+        )
+    )
+    return next(local.glob("*.onnx"))
+
+
+def download_weights(settings: Settings, ref: ModelRef, dst: Path) -> Path:
+    """Download the torch weights logged with a model version's run; returns the .pt path."""
+    import mlflow
+
+    client(settings)
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=ref.run_id, artifact_path="weights", dst_path=str(dst)
+        )
+    )
+    return next(local.glob("*.pt"))
+
+
+def set_tag(settings: Settings, ref: ModelRef, key: str, value: str) -> None:
+    client(settings).set_model_version_tag(ref.name, str(ref.version), key, value)
+
+
+def promote(settings: Settings, version: int, reason: str) -> PromoteResult:
+    """Point `champion` at `version` and `previous` at the old champion."""
+    mlflow_client = client(settings)
+    name = settings.model_name
+    mlflow_client.get_model_version(name, str(version))  # raises a clear error if unknown
+    old = version_by_alias(settings, CHAMPION)
+    if old is not None and old.version == version:
+        return PromoteResult(
+            promoted=False, champion=version, previous=_alias_version(settings, PREVIOUS),
+            reason=f"version {version} is already the champion",
+        )  # fmt: skip
+    if old is not None:
+        mlflow_client.set_registered_model_alias(name, PREVIOUS, str(old.version))
+    mlflow_client.set_registered_model_alias(name, CHAMPION, str(version))
+    return PromoteResult(
+        promoted=True, champion=version, previous=old.version if old else None, reason=reason
+    )
+
+
+def rollback(settings: Settings) -> PromoteResult:
+    """Swap `champion` and `previous`: the model served before the last promotion comes back."""
+    previous = version_by_alias(settings, PREVIOUS)
+    if previous is None:
+        raise LookupError(f"model '{settings.model_name}' has no 'previous' version to roll back to")
+    return promote(settings, previous.version, reason=f"rollback to version {previous.version}")
+
+
+def _alias_version(settings: Settings, alias: str) -> int | None:
+    ref = version_by_alias(settings, alias)
+    return ref.version if ref else None

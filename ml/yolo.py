@@ -1,0 +1,39 @@
+"""ultralytics, set up to run offline and to leave MLflow logging to emoflow.
+
+Import ultralytics only through `load()`: the environment must be set before its first import.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import ModuleType
+
+_INTEGRATIONS_OFF = dict(
+    sync=False, mlflow=False, dvc=False, clearml=False, comet=False, raytune=False,
+    tensorboard=False, wandb=False, vscode_msg=False, openvino_msg=False,
+)  # fmt: skip
+
+
+def load(config_dir: Path) -> ModuleType:
+    """Return the ultralytics module with hub access, auto-install and integrations off."""
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(config_dir))
+    os.environ["YOLO_OFFLINE"] = "true"
+    os.environ["YOLO_AUTOINSTALL"] = "false"
+    import ultralytics
+
+    ultralytics.settings.update(_INTEGRATIONS_OFF)
+    # On CUDA, ultralytics' AMP self-check downloads a hub model. emoflow decides AMP itself
+    # (on for CUDA, off for CPU), so the check is replaced by that decision.
+    from ultralytics.engine import trainer
+
+    trainer.check_amp = lambda model: True
+    return ultralytics
+
+
+def export_onnx(weights: Path, imgsz: int, config_dir: Path) -> Path:
+    """Export `weights` (a .pt file) to ONNX with a dynamic batch axis; returns the .onnx path."""
+    ultralytics = load(config_dir)
+    model = ultralytics.YOLO(str(weights))
+    exported = model.export(format="onnx", imgsz=imgsz, dynamic=True, simplify=True, verbose=False)
+    return Path(exported)

@@ -1,0 +1,193 @@
+"""Per-image features that drift reports compare.
+
+The same `image_features` runs over every image of a dataset revision (the dataset table that
+`dataset_features` builds) and, in the service, over every request (the prediction log), so
+that training data and live traffic are described by the same numbers:
+
+- ``brightness``: mean grey level, in [0, 1];
+- ``contrast``: standard deviation of the grey level;
+- ``sharpness``: variance of the 4-neighbour Laplacian of the grey image (grey in [0, 1]);
+  blur lowers it;
+- ``face_width``, ``face_height``, ``face_cx``, ``face_cy``: the normalised YOLO box
+  (cx, cy, w, h) of the face, NaN when there is none.
+
+Pure and fast (numpy only; a 96x96 image takes about 0.1-0.3 ms). Nothing heavy is
+imported at module level: pandas is imported inside `dataset_features`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ml.config import EMOTIONS
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+FEATURES: tuple[str, ...] = (
+    "brightness",
+    "contrast",
+    "sharpness",
+    "face_width",
+    "face_height",
+    "face_cx",
+    "face_cy",
+)
+"""The numeric features, in the column order of the tables this module builds."""
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
+NO_LABEL = -1
+"""`class_id` of an image without a (readable) label line."""
+NO_LABEL_EMOTION = "none"
+"""`emotion` of an image without a label, or with a class id outside ``EMOTIONS``."""
+
+COLUMNS: tuple[str, ...] = ("split", "file", "class_id", "emotion", *FEATURES)
+"""Columns of the `dataset_features` table."""
+
+_NAN = float("nan")
+
+
+def image_features(
+    image: Image.Image, box: tuple[float, float, float, float] | None
+) -> dict[str, float]:
+    """Features of one image and its face box (normalised YOLO ``(cx, cy, w, h)`` or None).
+
+    Returns a dict with exactly the keys of `FEATURES`, all plain Python floats.
+    """
+    grey = np.asarray(image.convert("L"), dtype=np.float32)
+    if grey.size == 0:
+        raise ValueError(f"image_features: empty image of size {image.size}")
+    grey *= 1.0 / 255.0
+    brightness = float(grey.mean())
+    contrast = float(grey.std())
+    if grey.shape[0] >= 3 and grey.shape[1] >= 3:
+        lap = (
+            grey[:-2, 1:-1]
+            + grey[2:, 1:-1]
+            + grey[1:-1, :-2]
+            + grey[1:-1, 2:]
+            - 4.0 * grey[1:-1, 1:-1]
+        )
+        sharpness = float(lap.var())
+    else:  # too small for a 3x3 stencil: no edges to measure
+        sharpness = 0.0
+    if box is None:
+        cx = cy = w = h = _NAN
+    else:
+        try:
+            cx, cy, w, h = (float(v) for v in box)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"image_features: box must be four numbers (cx, cy, w, h), got {box!r}"
+            ) from exc
+    return {
+        "brightness": brightness,
+        "contrast": contrast,
+        "sharpness": sharpness,
+        "face_width": w,
+        "face_height": h,
+        "face_cx": cx,
+        "face_cy": cy,
+    }
+
+
+def read_label(path: Path) -> tuple[int, tuple[float, float, float, float] | None]:
+    """First box of a YOLO label file: ``(class_id, (cx, cy, w, h))``.
+
+    A missing, empty or unparsable file gives ``(NO_LABEL, None)``: the validation step, not
+    this one, reports bad labels.
+    """
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return NO_LABEL, None
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            class_id = int(parts[0])
+            cx, cy, w, h = (float(v) for v in parts[1:5])  # fewer than five fields: ValueError
+        except ValueError:
+            return NO_LABEL, None
+        if not all(map(math.isfinite, (cx, cy, w, h))):
+            return NO_LABEL, None
+        return class_id, (cx, cy, w, h)
+    return NO_LABEL, None
+
+
+def emotion_name(class_id: int) -> str:
+    """``EMOTIONS[class_id]``, or `NO_LABEL_EMOTION` for -1 and ids outside the eight."""
+    return EMOTIONS[class_id] if 0 <= class_id < len(EMOTIONS) else NO_LABEL_EMOTION
+
+
+def dataset_features(
+    root: Path, splits: Sequence[str] = ("train", "valid", "test")
+) -> pandas.DataFrame:
+    """One row per image of a YOLO-layout folder, columns `COLUMNS`.
+
+    Images are ``<root>/<split>/images/*.png|jpg|jpeg``; the label of ``<stem>.<ext>`` is
+    ``<root>/<split>/labels/<stem>.txt`` (first line ``class cx cy w h``). ``file`` is the
+    image path relative to ``root`` (POSIX form). A split folder that does not exist gives no
+    rows; files Pillow cannot decode are skipped (and counted in the log).
+    """
+    import pandas as pd
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(root)
+    rows: list[dict] = []
+    for split in splits:
+        image_dir = root / split / "images"
+        label_dir = root / split / "labels"
+        if not image_dir.is_dir():
+            log.info("dataset_features: %s: no images folder, split skipped", image_dir)
+            continue
+        files = sorted(
+            p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        )
+        skipped = 0
+        for path in files:
+            try:
+                with Image.open(path) as image:
+                    image.load()
+                    class_id, box = read_label(label_dir / f"{path.stem}.txt")
+                    feats = image_features(image, box)
+            except (
+                OSError,
+                UnidentifiedImageError,
+                SyntaxError,
+                ValueError,
+                Image.DecompressionBombError,
+            ):
+                skipped += 1
+                continue
+            rows.append(
+                {
+                    "split": split,
+                    "file": path.relative_to(root).as_posix(),
+                    "class_id": class_id,
+                    "emotion": emotion_name(class_id),
+                    **feats,
+                }
+            )
+        log.info(
+            "dataset_features: %s/%s: %d images, %d skipped (not decodable)",
+            root,
+            split,
+            len(files) - skipped,
+            skipped,
+        )
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    return frame.astype(
+        {"split": "object", "file": "object", "class_id": "int64", "emotion": "object"}
+        | {name: "float64" for name in FEATURES}
+    )

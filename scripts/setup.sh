@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs emoflow into ./.venv exactly as pinned by requirements.lock.
+# Safe to re-run: it only installs what is missing or differs from the lock.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv with $PYTHON"
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade "pip>=25" "uv==0.13.9"
+
+# torch/torchvision first through pip: on this machine kind pip takes the large CUDA wheels
+# from the local wheel store, which uv does not look at. The lock pins the same versions,
+# so the uv step below sees them satisfied and leaves them alone.
+torch_pins=$(grep -E '^(torch|torchvision)==' requirements.lock | tr '\n' ' ')
+if ! .venv/bin/python -c "import importlib.metadata as m, sys; want=dict(l.split('==') for l in sys.argv[1:]); sys.exit(any(m.version(k)!=v for k,v in want.items()))" $torch_pins 2>/dev/null; then
+  echo "==> installing $torch_pins (pip)"
+  .venv/bin/python -m pip install --quiet $torch_pins
+fi
+
+echo "==> installing the locked environment (uv)"
+VIRTUAL_ENV=$PWD/.venv .venv/bin/uv pip install --quiet -r requirements.lock
+VIRTUAL_ENV=$PWD/.venv .venv/bin/uv pip install --quiet --no-deps -e .
+echo "==> environment ready: $(.venv/bin/python --version), emoflow $(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("emoflow"))')"

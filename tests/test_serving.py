@@ -1,0 +1,394 @@
+"""The serving room: pre/post-processing, parity with ultralytics, and the real BentoML service."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from conftest import free_port
+from PIL import Image, ImageDraw
+
+from ml import registry, services, yolo
+from ml.config import EMOTIONS, Settings
+from ml.records import DatasetRef, TrainResult
+from serving.model import Detector, Letterbox, decode, letterbox, nms, unletterbox
+from serving.service import BadInput, decode_image
+
+IMGSZ = 96
+HAPPY = EMOTIONS.index("happy")
+TEST_MODEL = "emotion-detector-serving-test"  # own registry name: other modules share the server
+
+
+def drawn_image(width: int = 160, height: int = 120, seed: int = 0) -> np.ndarray:
+    """An RGB image with a face-like ellipse on a noisy background."""
+    rng = np.random.default_rng(seed)
+    background = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    image = Image.fromarray(background)
+    draw = ImageDraw.Draw(image)
+    draw.ellipse([width * 0.3, height * 0.2, width * 0.7, height * 0.9], fill=(224, 172, 105))
+    draw.arc(
+        [width * 0.4, height * 0.55, width * 0.6, height * 0.75], 20, 160, fill=(0, 0, 0), width=3
+    )
+    return np.asarray(image)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- pre/post-processing (no model)
+
+
+def test_letterbox_maps_content_and_boxes_back() -> None:
+    image = np.zeros((100, 200, 3), np.uint8)
+    image[10:60, 20:120] = 255  # a white box x1=20 y1=10 x2=120 y2=60
+    padded, fit = letterbox(image, (IMGSZ, IMGSZ))
+
+    assert padded.shape == (IMGSZ, IMGSZ, 3)
+    assert fit == Letterbox(gain_x=0.48, gain_y=0.48, pad_x=0, pad_y=24)
+    assert (padded[:24] == 114).all() and (padded[-24:] == 114).all()  # centred padding
+    ys, xs = np.nonzero(padded[..., 0] > 200)
+    found = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], np.float32)
+    back = unletterbox(found, fit, width=200, height=100)
+    np.testing.assert_allclose(back[0], [20, 10, 120, 60], atol=1 / fit.gain_x)
+
+    box = np.array([[20.0, 10.0, 120.0, 60.0]])
+    forward = box * 0.48 + [0, 24, 0, 24]
+    np.testing.assert_allclose(unletterbox(forward, fit, 200, 100), box, atol=1e-4)
+
+
+def test_unletterbox_clips_to_the_image() -> None:
+    fit = Letterbox(gain_x=0.5, gain_y=0.5, pad_x=0, pad_y=10)
+    out = unletterbox(np.array([[-5.0, 0.0, 200.0, 80.0]]), fit, width=150, height=100)
+    np.testing.assert_allclose(out[0], [0, 0, 150, 100])
+
+
+def test_nms_keeps_the_best_of_overlapping_boxes() -> None:
+    boxes = np.array(
+        [[0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30], [0, 0, 10, 14]], np.float32
+    )  # IoU(0,1) = 0.818; IoU(0,3) = 0.714; box 2 overlaps nothing
+    scores = np.array([0.9, 0.8, 0.7, 0.6], np.float32)
+    assert nms(boxes, scores, iou=0.7).tolist() == [0, 2]
+    assert nms(boxes, scores, iou=0.75).tolist() == [0, 2, 3]
+    assert nms(boxes, scores[::-1].copy(), iou=0.7).tolist() == [3, 2, 1]  # IoU(3,1) = 0.6
+
+
+def test_nms_agrees_with_torchvision() -> None:
+    import torch
+    import torchvision
+
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(0, 80, (300, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 30, (300, 2))], axis=1).astype(np.float32)
+    scores = rng.uniform(0, 1, 300).astype(np.float32)
+    expected = torchvision.ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), 0.5)
+    assert nms(boxes, scores, iou=0.5).tolist() == expected.tolist()
+
+
+def test_decode_hand_made_output() -> None:
+    nc = len(EMOTIONS)
+    rows = np.zeros((5, 4 + nc), np.float32)
+    rows[:, :4] = [
+        [50, 50, 20, 20],
+        [51, 50, 20, 20],
+        [50, 50, 20, 20],
+        [10, 10, 4, 4],
+        [80, 20, 10, 6],
+    ]
+    rows[0, 4 + HAPPY] = 0.9  # kept
+    rows[1, 4 + HAPPY] = 0.8  # same place and class as 0: suppressed
+    rows[2, 4 + 6] = 0.6  # same place, other class (sad): kept
+    rows[3, 4:] = 0.1  # below the threshold
+    rows[4, 4 + 0], rows[4, 4 + 7] = 0.3, 0.5  # surprise wins over anger
+    boxes, scores, classes = decode(rows.T, conf=0.25, iou=0.7, max_det=300)
+
+    assert classes.tolist() == [HAPPY, 6, 7]
+    np.testing.assert_allclose(boxes, [[40, 40, 60, 60], [40, 40, 60, 60], [75, 17, 85, 23]])
+    np.testing.assert_allclose(scores, rows[[0, 2, 4], 4:])
+    assert decode(rows.T, conf=0.25, iou=0.7, max_det=2)[2].tolist() == [HAPPY, 6]
+    assert decode(rows.T, conf=0.95, iou=0.7, max_det=300)[0].shape == (0, 4)
+
+
+# ---------------------------------------------------------------- image decoding (no model)
+
+
+def test_decode_image_applies_exif_orientation() -> None:
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.new("RGB", (40, 20), (10, 200, 30)).save(buf, format="JPEG", exif=exif)
+    image = decode_image(buf.getvalue())
+    assert image.shape == (40, 20, 3) and image.dtype == np.uint8
+
+
+def test_decode_image_converts_to_rgb() -> None:
+    buf = io.BytesIO()
+    Image.new("L", (8, 6), 77).save(buf, format="PNG")
+    image = decode_image(buf.getvalue())
+    assert image.shape == (6, 8, 3) and (image == 77).all()
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "error"),
+    [
+        (b"hello, I am text", 400, "not an image"),
+        (png_bytes(drawn_image())[:300], 400, "unreadable image"),
+        (b"GIF89a" + bytes(40), 400, "not an image"),  # a format the service does not take
+    ],
+)
+def test_decode_image_rejects_bad_bytes(data: bytes, status: int, error: str) -> None:
+    with pytest.raises(BadInput) as caught:
+        decode_image(data)
+    assert (caught.value.status, caught.value.error) == (status, error)
+
+
+def test_decode_image_bounds_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("serving.service.MAX_PIXELS", 100)
+    with pytest.raises(BadInput) as caught:
+        decode_image(png_bytes(np.zeros((20, 20, 3), np.uint8)))
+    assert caught.value.status == 413
+
+
+# ---------------------------------------------------------------- a real model
+
+
+@pytest.fixture(scope="module")
+def yolo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ultralytics")
+
+
+@pytest.fixture(scope="module")
+def weights(yolo_dir: Path) -> Path:
+    """An untrained YOLOv8n with the eight emotions, built from YAML (nothing downloaded).
+
+    Freshly initialised, its activations all but vanish and every box gets the same class
+    scores, which would make any comparison of orderings a coin toss. So its batch-norm
+    statistics are taken from a batch of drawn images and each level's class logits are
+    rescaled to mean 0 and std 1 on that batch: scores then spread over (0, 1), vary with
+    the image and the class, and the default threshold of 0.25 leaves real boxes.
+    """
+    yolo.load(yolo_dir)
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=len(EMOTIONS), verbose=False)
+    model.names = dict(enumerate(EMOTIONS))
+    images = np.stack([drawn_image(IMGSZ, IMGSZ, seed) for seed in range(8)])
+    batch = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).float() / 255
+    class_heads = [branch[-1] for branch in model.model[-1].cv3]  # one Conv2d per level
+    logits: list[torch.Tensor] = []
+    hooks = [
+        head.register_forward_hook(lambda _m, _i, out: logits.append(out)) for head in class_heads
+    ]
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.momentum = 1.0  # running statistics = this batch's
+        model.train()(batch)
+        logits.clear()
+        model.eval()(batch)
+        for head, out in zip(class_heads, logits, strict=True):
+            head.weight.div_(out.std())
+            head.bias.sub_(out.mean()).div_(out.std())
+    for hook in hooks:
+        hook.remove()
+    path = yolo_dir / "fixture.pt"
+    torch.save({"model": model}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def onnx_path(weights: Path, yolo_dir: Path) -> Path:
+    return yolo.export_onnx(weights, IMGSZ, yolo_dir)
+
+
+@pytest.mark.parametrize("conf", [0.25, 0.001])
+def test_detector_matches_ultralytics(
+    weights: Path, onnx_path: Path, yolo_dir: Path, conf: float
+) -> None:
+    detector = Detector(onnx_path)
+    assert detector.names == list(EMOTIONS) and detector.imgsz == (IMGSZ, IMGSZ)
+    image = drawn_image()  # 160x120: letterboxed with padding
+
+    ours = detector.predict(image, conf=conf, iou=0.7)
+    model = yolo.load(yolo_dir).YOLO(str(weights))
+    (result,) = model.predict(
+        image[..., ::-1], imgsz=IMGSZ, conf=conf, iou=0.7, rect=False, device="cpu", verbose=False
+    )  # ultralytics takes numpy images as BGR; rect=False: the full square, as the service does
+    theirs = result.boxes
+
+    assert len(ours) == len(theirs) > 0
+    top = min(len(ours), 50)
+    np.testing.assert_allclose(
+        [face.box for face in ours[:top]], theirs.xyxy[:top].numpy(), atol=0.05
+    )
+    assert [EMOTIONS.index(face.emotion) for face in ours] == theirs.cls.int().tolist()
+    np.testing.assert_allclose([face.confidence for face in ours], theirs.conf.numpy(), atol=1e-4)
+    assert all(set(face.scores) == set(EMOTIONS) for face in ours)
+
+
+# ---------------------------------------------------------------- the service over HTTP
+
+
+def _service_settings(base: Settings, home: Path, model_name: str) -> Settings:
+    return base.model_copy(
+        update={"home": home, "serve_port": free_port(), "model_name": model_name}
+    )
+
+
+@pytest.fixture(scope="module")
+def champion_settings(
+    mlflow_settings: Settings,
+    weights: Path,
+    onnx_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Settings:
+    """The fixture model logged, registered and promoted to champion in the real MLflow server."""
+    import mlflow
+
+    settings = _service_settings(mlflow_settings, tmp_path_factory.mktemp("serve-home"), TEST_MODEL)
+    registry.client(settings)
+    mlflow.set_experiment("test-serving")
+    with mlflow.start_run() as run:
+        registry.log_model_files(weights, onnx_path)
+    train = TrainResult(
+        run_id=run.info.run_id,
+        weights=weights,
+        onnx=onnx_path,
+        metrics={},
+        device="cpu",
+        seconds=0.0,
+    )
+    dataset = DatasetRef(
+        revision="test-fixture", commit="none", digest="none", path=weights.parent
+    )  # an untrained model: it saw no data
+    ref = registry.register(train, dataset, {"source": "tests/test_serving.py"}, settings)
+    registry.promote(settings, ref.version, reason="test fixture")
+    return settings
+
+
+def _run_service(settings: Settings) -> Iterator[str]:
+    services.start(services.bento_service(settings), settings, timeout=180)
+    try:
+        yield settings.service_url
+    finally:
+        services.stop(settings, "service")
+
+
+@pytest.fixture(scope="module")
+def service_url(champion_settings: Settings) -> Iterator[str]:
+    yield from _run_service(champion_settings)
+
+
+def test_health_and_ready(service_url: str, champion_settings: Settings) -> None:
+    assert httpx.get(f"{service_url}/health").json() == {"status": "ok"}
+    ready = httpx.get(f"{service_url}/ready")
+    champion = registry.version_by_alias(champion_settings, registry.CHAMPION)
+    assert ready.status_code == 200
+    assert ready.json() == {"model": TEST_MODEL, "version": champion.version}
+
+
+def test_predict_png(service_url: str, champion_settings: Settings, onnx_path: Path) -> None:
+    image = drawn_image()
+    started = time.perf_counter()
+    response = httpx.post(
+        f"{service_url}/predict", files={"image": ("face.png", png_bytes(image), "image/png")}
+    )
+    print(f"one /predict over HTTP: {(time.perf_counter() - started) * 1000:.1f} ms")
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    version = registry.version_by_alias(champion_settings, registry.CHAMPION).version
+    assert body["model_version"] == version
+    assert response.headers["X-Model-Version"] == str(version)
+    assert (body["width"], body["height"]) == (160, 120)
+    expected = Detector(onnx_path).predict(image)
+    assert len(body["faces"]) == len(expected) > 0
+    assert body["emotion"] == expected[0].emotion
+    assert body["confidence"] == pytest.approx(expected[0].confidence, abs=1e-5)
+    for face, want in zip(body["faces"], expected, strict=True):
+        assert set(face) == {"box", "emotion", "confidence", "scores"}
+        assert face["box"] == pytest.approx(want.box, abs=1e-3)
+        assert 0 <= face["box"][0] <= face["box"][2] <= 160
+        assert 0 <= face["box"][1] <= face["box"][3] <= 120
+        assert list(face["scores"]) == list(EMOTIONS)
+
+
+def test_predict_jpeg_labelled_as_png(service_url: str) -> None:
+    buf = io.BytesIO()
+    Image.fromarray(drawn_image()).save(buf, format="JPEG")
+    response = httpx.post(
+        f"{service_url}/predict", files={"image": ("face.png", buf.getvalue(), "image/jpg")}
+    )
+    assert response.status_code == 200, response.text
+
+
+def _upload(data: bytes, content_type: str, field: str = "image") -> dict:
+    return {"files": {field: ("upload", data, content_type)}}
+
+
+PNG = png_bytes(drawn_image())
+BAD_REQUESTS = [
+    pytest.param(_upload(b"some text", "text/plain"), 400, "not an image", id="text"),
+    pytest.param(_upload(PNG[:200], "image/png"), 400, "unreadable image", id="cut"),
+    pytest.param(_upload(b"", "image/png"), 400, "empty file", id="empty-file"),
+    pytest.param(_upload(PNG, "image/png", field="photo"), 400, "missing field", id="wrong-field"),
+    pytest.param(
+        {"data": {"image": "http://169.254.169.254/latest/"}, "files": {"x": ("x", b"x")}},
+        400, "not a file", id="text-value",
+    ),
+    pytest.param({"content": b""}, 415, "unsupported media type", id="no-body"),
+    pytest.param({"json": {"image": "aGVsbG8="}}, 415, "unsupported media type", id="json"),
+    pytest.param(
+        {"content": b"--x", "headers": {"content-type": "multipart/form-data"}},
+        400, "malformed multipart body", id="no-boundary",
+    ),
+    pytest.param(
+        _upload(bytes(11 * 1024 * 1024), "image/png"),
+        413, "upload too large", id="too-large",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("request_args", "status", "error"), BAD_REQUESTS)
+def test_predict_rejects_bad_input(
+    service_url: str, request_args: dict, status: int, error: str
+) -> None:
+    response = httpx.post(f"{service_url}/predict", **request_args)
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == error
+    assert response.json()["detail"]
+    assert "Traceback" not in response.text
+
+
+@pytest.fixture()
+def no_champion_url(mlflow_settings: Settings, tmp_path: Path) -> Iterator[str]:
+    settings = _service_settings(mlflow_settings, tmp_path, "emotion-detector-never-registered")
+    server = services.bento_service(settings)
+    health = services.Server(
+        server.name, server.command, f"{settings.service_url}/health", server.env
+    )
+    services.start(health, settings, timeout=180)  # /ready stays 503, so wait for /health
+    yield settings.service_url
+    services.stop(settings, "service")
+
+
+def test_service_without_champion(no_champion_url: str) -> None:
+    ready = httpx.get(f"{no_champion_url}/ready")
+    assert ready.status_code == 503
+    assert ready.json()["error"] == "no model"
+    response = httpx.post(
+        f"{no_champion_url}/predict",
+        files={"image": ("face.png", png_bytes(drawn_image()), "image/png")},
+    )
+    assert response.status_code == 503
+    assert response.json()["error"] == "no model"
+    assert "registered as champion" in response.json()["detail"]
