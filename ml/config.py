@@ -14,7 +14,7 @@ from typing import Literal
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     serve_port: int = 3000
     airflow_port: int = 8080
     prediction_log_uri: str | None = None
+
+    @field_validator("home", "params_file")
+    @classmethod
+    def _relative_to_project(cls, path: Path) -> Path:
+        """A relative path (as in .env.example) means relative to the project, not the cwd."""
+        return path if path.is_absolute() else PROJECT_ROOT / path
 
     # Derived defaults: everything under `home` unless set explicitly.
     @property

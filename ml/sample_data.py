@@ -65,7 +65,8 @@ class Shift(BaseModel):
         1.0, ge=0.25, le=2.0, description="Multiplier on the face size (the box is clipped)."
     )
     class_weights: list[float] | None = Field(
-        None, description="Eight relative weights for the class mix, in EMOTIONS order; None = uniform."
+        None,
+        description="Eight relative weights for the class mix, in EMOTIONS order; None = uniform.",
     )
 
     @field_validator("class_weights")
@@ -79,7 +80,9 @@ class Shift(BaseModel):
             )
         for name, w in zip(EMOTIONS, v, strict=True):
             if not math.isfinite(w) or w < 0:
-                raise ValueError(f"class_weights: weight for {name!r} must be finite and >= 0, got {w}")
+                raise ValueError(
+                    f"class_weights: weight for {name!r} must be finite and >= 0, got {w}"
+                )
         if sum(v) <= 0:
             raise ValueError("class_weights: at least one weight must be > 0")
         return v
@@ -91,14 +94,28 @@ class Shift(BaseModel):
 
 _SKIN = np.array(
     [
-        (255, 224, 196), (241, 194, 160), (224, 172, 135), (198, 134, 96),
-        (170, 110, 75), (141, 85, 54), (110, 66, 42), (80, 50, 35),
+        (255, 224, 196),
+        (241, 194, 160),
+        (224, 172, 135),
+        (198, 134, 96),
+        (170, 110, 75),
+        (141, 85, 54),
+        (110, 66, 42),
+        (80, 50, 35),
     ],
     dtype=np.float64,
 )
 _HAIR = np.array(
-    [(20, 16, 14), (60, 40, 25), (100, 70, 40), (170, 130, 70), (215, 185, 120),
-     (150, 150, 150), (120, 45, 25), (235, 235, 230)],
+    [
+        (20, 16, 14),
+        (60, 40, 25),
+        (100, 70, 40),
+        (170, 130, 70),
+        (215, 185, 120),
+        (150, 150, 150),
+        (120, 45, 25),
+        (235, 235, 230),
+    ],
     dtype=np.float64,
 )
 _IRIS = np.array([(70, 45, 25), (40, 25, 15), (60, 100, 150), (70, 110, 70)], dtype=np.float64)
@@ -106,16 +123,16 @@ _IRIS = np.array([(70, 45, 25), (40, 25, 15), (60, 100, 150), (70, 110, 70)], dt
 # Per emotion: brow (inner dv, outer dv, arch), eye openness, eye-squint flag.
 # dv is in units of the face half-height; negative = up.
 _BROWS = {
-    0: (0.10, -0.05, 0.0),  # anger: inner ends pulled down -> V
-    1: (0.00, 0.00, 0.0),  # contempt: neutral brows (one may be raised a little)
-    2: (0.07, 0.02, 0.0),  # disgust: lowered
-    3: (-0.12, 0.02, 0.0),  # fear: inner ends raised
+    0: (0.14, -0.08, 0.0),  # anger: inner ends pulled down -> V
+    1: (0.00, 0.00, 0.0),  # contempt: neutral brows (one raised a little)
+    2: (0.09, 0.03, 0.0),  # disgust: lowered
+    3: (-0.15, 0.03, 0.0),  # fear: inner ends raised
     4: (-0.02, -0.02, 0.02),  # happy: relaxed
     5: (0.00, 0.00, 0.01),  # neutral
-    6: (-0.10, 0.05, 0.0),  # sad: inner raised, outer drooping
-    7: (-0.15, -0.13, 0.06),  # surprise: high and arched
+    6: (-0.13, 0.07, 0.0),  # sad: inner raised, outer drooping
+    7: (-0.17, -0.15, 0.07),  # surprise: high and arched
 }
-_EYE_OPEN = {0: 0.28, 1: 0.48, 2: 0.26, 3: 0.85, 4: 0.30, 5: 0.50, 6: 0.40, 7: 0.85}
+_EYE_OPEN = {0: 0.25, 1: 0.50, 2: 0.22, 3: 1.0, 4: 0.38, 5: 0.50, 6: 0.50, 7: 1.0}
 
 
 def _col(c: np.ndarray) -> tuple[int, int, int]:
@@ -128,7 +145,7 @@ def _jit(rng: np.random.Generator, scale: float) -> float:
 
 
 def _background(rng: np.random.Generator, size: int) -> Image.Image:
-    """A colour gradient with a few blurry blobs of clutter."""
+    """A colour gradient with a few flat shapes of clutter."""
     c0 = rng.uniform(20, 235, 3)
     c1 = np.clip(c0 + rng.normal(0, 50, 3), 0, 255)
     angle = rng.uniform(0, 2 * np.pi)
@@ -189,7 +206,7 @@ def draw_face(
     layer = Image.new("RGBA", (n, n), (0, 0, 0, 0))
     d = ImageDraw.Draw(layer)
     skin = _SKIN[rng.integers(0, len(_SKIN))] + rng.normal(0, 8, 3)
-    dark = skin * rng.uniform(0.40, 0.55) - 15  # lines drawn on the skin
+    dark = np.array((18.0, 12.0, 12.0)) + rng.uniform(0, 25)  # ink of the drawn lines
     hair_style = int(rng.integers(0, 4))  # 0 bald, 1 short, 2 long, 3 fringe
     hair = _col(_HAIR[rng.integers(0, len(_HAIR))] + rng.normal(0, 10, 3))
     if hair_style == 2:
@@ -200,13 +217,15 @@ def draw_face(
     ear_w, ear_h = 0.16 * a, 0.26 * b
     for s in (-1, 1):
         ex = cx + s * a * 0.98
-        d.ellipse((ex - ear_w, cy - 0.05 * b - ear_h, ex + ear_w, cy - 0.05 * b + ear_h),
-                  fill=_col(skin * 0.93))
+        d.ellipse(
+            (ex - ear_w, cy - 0.05 * b - ear_h, ex + ear_w, cy - 0.05 * b + ear_h),
+            fill=_col(skin * 0.93),
+        )
     d.ellipse((cx - a, cy - b, cx + a, cy + b), fill=_col(skin))
     if hair_style == 3:  # fringe over the forehead (kept above the brows)
         d.chord((cx - 0.95 * a, cy - 1.02 * b, cx + 0.95 * a, cy - 0.25 * b), 180, 360, fill=hair)
 
-    lw = max(2, int(round(rng.uniform(0.035, 0.055) * b)))  # feature line width
+    lw = max(3, int(round(rng.uniform(0.06, 0.085) * b)))  # feature line width
 
     def P(u: float, v: float) -> tuple[float, float]:
         return (cx + u * a, cy + v * b)
@@ -221,18 +240,36 @@ def draw_face(
     look = _jit(rng, 0.25) * ew
     for s in (-1, 1):
         ex, ey = P(s * eye_u, eye_v)
-        d.ellipse((ex - ew, ey - eh, ex + ew, ey + eh), fill=(245, 245, 240), outline=_col(dark),
-                  width=max(1, lw // 2))
+        d.ellipse(
+            (ex - ew, ey - eh, ex + ew, ey + eh),
+            fill=(245, 245, 240),
+            outline=_col(dark),
+            width=max(1, lw // 2),
+        )
         ir = min(eh * 0.95, ew * (0.38 if openness > 0.7 else 0.55))
         d.ellipse((ex + look - ir, ey - ir, ex + look + ir, ey + ir), fill=iris)
         pr = ir * 0.45
         d.ellipse((ex + look - pr, ey - pr, ex + look + pr, ey + pr), fill=(10, 10, 10))
         if emotion_id in (0, 2):  # squint: heavy lid line over the top of the eye
-            d.line([(ex - ew * 1.1, ey - eh * 0.6), (ex + ew * 1.1, ey - eh * 0.6)],
-                   fill=_col(dark), width=lw)
+            d.line(
+                [(ex - ew * 1.1, ey - eh * 0.6), (ex + ew * 1.1, ey - eh * 0.6)],
+                fill=_col(dark),
+                width=lw,
+            )
+        if emotion_id == 6:  # sad: upper lid drooping towards the outer corner
+            d.line(
+                [(ex - s * ew * 1.1, ey - eh * 0.9), (ex + s * ew * 1.1, ey + eh * 0.1)],
+                fill=_col(dark),
+                width=lw,
+            )
         if emotion_id == 4:  # smiling eyes: lower lid pushed up (cheek arc)
-            d.arc((ex - ew, ey - eh * 0.2, ex + ew, ey + eh * 2.2), 200, 340, fill=_col(dark),
-                  width=max(1, lw // 2))
+            d.arc(
+                (ex - ew, ey - eh * 0.2, ex + ew, ey + eh * 2.2),
+                200,
+                340,
+                fill=_col(dark),
+                width=max(1, lw // 2),
+            )
 
     # Brows
     inner_dv, outer_dv, arch = _BROWS[emotion_id]
@@ -245,34 +282,51 @@ def draw_face(
     for s in (-1, 1):
         di, do = inner_dv + _jit(rng, 0.02), outer_dv + _jit(rng, 0.02)
         if emotion_id == 1 and s == raised_side:
-            do -= 0.05  # contempt: one brow a little raised
+            di, do = di - 0.06, do - 0.10  # contempt: one brow raised
         ui, uo = s * (0.14 + _jit(rng, 0.03)), s * (0.62 + _jit(rng, 0.04))
         um = (ui + uo) / 2
         vm = brow_v + (di + do) / 2 - arch
-        d.line([P(ui, brow_v + di), P(um, vm), P(uo, brow_v + do)], fill=brow_col, width=bw,
-               joint="curve")
+        d.line(
+            [P(ui, brow_v + di), P(um, vm), P(uo, brow_v + do)],
+            fill=brow_col,
+            width=bw,
+            joint="curve",
+        )
 
     # Nose
     nose_v = 0.16 + _jit(rng, 0.03)
     nw = (0.09 + _jit(rng, 0.02)) * a
     nx, ny = P(_jit(rng, 0.03), nose_v)
-    d.arc((nx - nw, ny - nw * 0.7, nx + nw, ny + nw * 0.7), 20, 160, fill=_col(dark),
-          width=max(1, lw // 2))
+    d.arc(
+        (nx - nw, ny - nw * 0.7, nx + nw, ny + nw * 0.7),
+        20,
+        160,
+        fill=_col(dark),
+        width=max(1, lw // 2),
+    )
     if emotion_id == 2:  # disgust: wrinkled nose bridge
         for k in range(3):
             wy = cy + (-0.02 + 0.06 * k) * b
-            d.arc((cx - 0.14 * a, wy - 0.03 * b, cx + 0.14 * a, wy + 0.05 * b), 200, 340,
-                  fill=_col(dark), width=max(1, lw // 2))
+            d.arc(
+                (cx - 0.14 * a, wy - 0.03 * b, cx + 0.14 * a, wy + 0.05 * b),
+                200,
+                340,
+                fill=_col(dark),
+                width=max(1, lw // 2),
+            )
 
     # Mouth
     mv = 0.50 + _jit(rng, 0.04)
     mx, my = P(_jit(rng, 0.03), mv)
-    lip = _col(skin * np.array([0.70, 0.42, 0.42]) - 10 + rng.normal(0, 6, 3))
+    if skin.mean() > 120:  # dark red lips on light skin, rose on dark skin (kept visible)
+        lip = _col(np.array((120.0, 30.0, 40.0)) * rng.uniform(0.45, 0.9))
+    else:
+        lip = _col(np.array((200.0, 100.0, 105.0)) * rng.uniform(0.8, 1.05))
     inside = (60, 20, 25)
     teeth = (240, 238, 225)
     if emotion_id == 4:  # happy: smile, often open with teeth
-        hw = (0.38 + _jit(rng, 0.05)) * a
-        k = (0.17 + _jit(rng, 0.04)) * b
+        hw = (0.44 + _jit(rng, 0.05)) * a
+        k = (0.22 + _jit(rng, 0.04)) * b
         if rng.random() < 0.6:
             upper = _curve(mx, my, hw, lambda t: -k * (t * t) + 0.02 * b)
             lower = _curve(mx, my, hw, lambda t: 1.6 * k * (1 - t * t) - k + 0.02 * b)
@@ -280,50 +334,81 @@ def draw_face(
             tooth = _curve(mx, my, hw * 0.8, lambda t: -k * 0.64 * (t * t) + 0.1 * k)
             d.line(tooth, fill=teeth, width=max(2, lw))
         else:
-            d.line(_curve(mx, my, hw, lambda t: k * (1 - t * t) - k * 0.5), fill=lip, width=lw,
-                   joint="curve")
+            d.line(
+                _curve(mx, my, hw, lambda t: k * (1 - t * t) - k * 0.5),
+                fill=lip,
+                width=lw,
+                joint="curve",
+            )
     elif emotion_id == 6:  # sad: frown
-        hw = (0.30 + _jit(rng, 0.05)) * a
-        k = (0.13 + _jit(rng, 0.03)) * b
-        d.line(_curve(mx, my, hw, lambda t: -k * (1 - t * t) + k * 0.5), fill=lip, width=lw,
-               joint="curve")
+        hw = (0.34 + _jit(rng, 0.05)) * a
+        k = (0.24 + _jit(rng, 0.03)) * b
+        d.line(
+            _curve(mx, my, hw, lambda t: -k * (1 - t * t) + k * 0.5),
+            fill=lip,
+            width=lw,
+            joint="curve",
+        )
     elif emotion_id == 1:  # contempt: one corner raised (a smirk)
-        hw = (0.30 + _jit(rng, 0.04)) * a
-        k = (0.18 + _jit(rng, 0.04)) * b
+        hw = (0.34 + _jit(rng, 0.04)) * a
+        k = (0.32 + _jit(rng, 0.04)) * b
         side = 1 if rng.random() < 0.5 else -1
-        d.line(_curve(mx, my, hw, lambda t: -k * max(0.0, side * t) ** 2), fill=lip, width=lw,
-               joint="curve")
+        d.line(
+            _curve(mx, my, hw, lambda t: -k * max(0.0, side * t) ** 2),
+            fill=lip,
+            width=lw,
+            joint="curve",
+        )
         # dimple at the raised corner
         dx, dy = mx + side * hw * 1.08, my - k * 0.9
-        d.arc((dx - 0.05 * a, dy - 0.07 * b, dx + 0.05 * a, dy + 0.07 * b),
-              (-60 if side > 0 else 120), (60 if side > 0 else 240), fill=_col(dark),
-              width=max(1, lw // 2))
+        d.arc(
+            (dx - 0.05 * a, dy - 0.07 * b, dx + 0.05 * a, dy + 0.07 * b),
+            (-60 if side > 0 else 120),
+            (60 if side > 0 else 240),
+            fill=_col(dark),
+            width=max(1, lw // 2),
+        )
     elif emotion_id == 0:  # anger: short, tight, pressed line, corners slightly down
         hw = (0.22 + _jit(rng, 0.04)) * a
         k = (0.04 + _jit(rng, 0.02)) * b
-        d.line(_curve(mx, my, hw, lambda t: -k * (1 - t * t)), fill=lip,
-               width=int(lw * 1.5), joint="curve")
+        d.line(
+            _curve(mx, my, hw, lambda t: -k * (1 - t * t)),
+            fill=lip,
+            width=int(lw * 1.5),
+            joint="curve",
+        )
     elif emotion_id == 5:  # neutral: plain flat line
-        hw = (0.28 + _jit(rng, 0.04)) * a
+        hw = (0.30 + _jit(rng, 0.04)) * a
         d.line([(mx - hw, my), (mx + hw, my)], fill=lip, width=lw)
     elif emotion_id == 2:  # disgust: upper lip raised into a peak, teeth showing
-        hw = (0.34 + _jit(rng, 0.04)) * a
-        k = (0.20 + _jit(rng, 0.03)) * b
+        hw = (0.36 + _jit(rng, 0.04)) * a
+        k = (0.24 + _jit(rng, 0.03)) * b
         upper = _curve(mx, my, hw, lambda t: -k * (1 - abs(t)) ** 0.8)
         lower = _curve(mx, my, hw, lambda t: 0.04 * b * (1 - t * t))
         d.polygon(upper + lower[::-1], fill=teeth, outline=lip, width=max(1, lw))
-        d.line([(mx - hw * 0.7, my - 0.01 * b), (mx + hw * 0.7, my - 0.01 * b)], fill=inside,
-               width=max(1, lw // 2))
+        d.line(
+            [(mx - hw * 0.7, my - 0.01 * b), (mx + hw * 0.7, my - 0.01 * b)],
+            fill=inside,
+            width=max(1, lw // 2),
+        )
     elif emotion_id == 3:  # fear: wide, stretched, open mouth
-        hw = (0.36 + _jit(rng, 0.05)) * a
-        mh = (0.09 + _jit(rng, 0.02)) * b
-        d.rounded_rectangle((mx - hw, my - mh, mx + hw, my + mh), radius=mh * 0.8, fill=inside,
-                            outline=lip, width=max(1, lw // 2))
-        d.line([(mx - hw * 0.8, my - mh * 0.55), (mx + hw * 0.8, my - mh * 0.55)], fill=teeth,
-               width=max(2, lw))
+        hw = (0.42 + _jit(rng, 0.05)) * a
+        mh = (0.12 + _jit(rng, 0.02)) * b
+        d.rounded_rectangle(
+            (mx - hw, my - mh, mx + hw, my + mh),
+            radius=mh * 0.8,
+            fill=inside,
+            outline=lip,
+            width=max(1, lw // 2),
+        )
+        d.line(
+            [(mx - hw * 0.8, my - mh * 0.55), (mx + hw * 0.8, my - mh * 0.55)],
+            fill=teeth,
+            width=max(2, lw),
+        )
     else:  # surprise: round open "O"
-        hw = (0.13 + _jit(rng, 0.03)) * a
-        mh = (0.18 + _jit(rng, 0.04)) * b
+        hw = (0.17 + _jit(rng, 0.03)) * a
+        mh = (0.24 + _jit(rng, 0.04)) * b
         d.ellipse((mx - hw, my - mh, mx + hw, my + mh), fill=inside, outline=lip, width=lw)
 
     # NEAREST is enough: the 2x box downsample below smooths the edges.
@@ -370,7 +455,9 @@ def _data_yaml() -> str:
     )
 
 
-def _check_args(out_dir: Path, counts: dict[str, int], seed: int, shift: Shift, prefix: str) -> None:
+def _check_args(
+    out_dir: Path, counts: dict[str, int], seed: int, shift: Shift, prefix: str
+) -> None:
     for split, count in counts.items():
         if isinstance(count, bool) or not isinstance(count, int):
             raise TypeError(f"{split} must be an int (number of images), got {count!r}")
@@ -388,8 +475,10 @@ def _check_args(out_dir: Path, counts: dict[str, int], seed: int, shift: Shift, 
             f"with a digit (file names are <prefix><seed>_...), got {prefix!r}"
         )
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FileExistsError(f"{out_dir} already exists and is not an empty folder; "
-                              "choose a new folder or remove it first")
+        raise FileExistsError(
+            f"{out_dir} already exists and is not an empty folder; "
+            "choose a new folder or remove it first"
+        )
 
 
 def generate(

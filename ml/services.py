@@ -47,6 +47,22 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def airflow_env(settings: Settings) -> dict[str, str]:
+    """Airflow's configuration for the embedded default: SQLite under the home folder."""
+    return {
+        **settings_env(settings),
+        "AIRFLOW_HOME": str(settings.airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__API__PORT": str(settings.airflow_port),
+        # Training outlasts the 10-minute default token of the Execution API.
+        "AIRFLOW__EXECUTION_API__JWT_EXPIRATION_TIME": "21600",
+        "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
+    }
+
+
 def mlflow_server(settings: Settings) -> Server:
     settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
     command = [

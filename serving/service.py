@@ -11,12 +11,13 @@ URL) before any of our code runs. Every bad input gets a 4xx JSON `{"error", "de
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
-import anyio
 import bentoml
 import numpy as np
 from fastapi import FastAPI, Request
@@ -158,7 +159,7 @@ class EmotionService:
             logger.exception("could not load the champion model")
             self.load_error = f"{type(exc).__name__}: {exc}"
         # One inference at a time, off the event loop; ONNX Runtime uses the cores.
-        self.inference_slot = anyio.CapacityLimiter(1)
+        self.inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
 
     def _not_ready(self) -> JSONResponse:
         if self.load_error:
@@ -191,5 +192,5 @@ class EmotionService:
             faces = served.detector.predict(image)
             return prediction(served, faces, width=image.shape[1], height=image.shape[0])
 
-        body = await anyio.to_thread.run_sync(run, limiter=self.inference_slot)
+        body = await asyncio.get_running_loop().run_in_executor(self.inference, run)
         return JSONResponse(body, headers={"X-Model-Version": str(served.ref.version)})

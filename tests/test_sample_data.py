@@ -23,7 +23,9 @@ COUNTS = {"train": 12, "valid": 4, "test": 4}
 
 
 def files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def labels(root: Path, split: str = "train") -> list[list[str]]:
@@ -122,9 +124,12 @@ def test_brightness_and_contrast_shift_change_the_pixels(tmp_path: Path) -> None
 
 def test_face_scale_shrinks_the_boxes(tmp_path: Path) -> None:
     def mean_area(scale: float) -> float:
-        root = generate(tmp_path / f"s{scale}", train=30, valid=0, test=0,
-                        shift=Shift(face_scale=scale)).parent
-        return float(np.mean([float(x[0].split()[3]) * float(x[0].split()[4]) for x in labels(root)]))
+        root = generate(
+            tmp_path / f"s{scale}", train=30, valid=0, test=0, shift=Shift(face_scale=scale)
+        ).parent
+        return float(
+            np.mean([float(x[0].split()[3]) * float(x[0].split()[4]) for x in labels(root)])
+        )
 
     assert mean_area(0.6) < 0.5 * mean_area(1.0)
 
@@ -133,7 +138,9 @@ def test_class_weights_change_the_class_mix(tmp_path: Path) -> None:
     uniform = classes(generate(tmp_path / "u", train=80, valid=0, test=0).parent)
     assert len(set(uniform)) >= 7
     only_happy = Shift(class_weights=[0, 0, 0, 0, 1, 0, 0, 0])
-    assert set(classes(generate(tmp_path / "h", train=40, valid=0, test=0, shift=only_happy).parent)) == {4}
+    assert set(
+        classes(generate(tmp_path / "h", train=40, valid=0, test=0, shift=only_happy).parent)
+    ) == {4}
     mostly_sad = Shift(class_weights=[1, 1, 1, 1, 1, 1, 30, 1])
     mix = classes(generate(tmp_path / "s", train=80, valid=0, test=0, shift=mostly_sad).parent)
     assert mix.count(6) > 50
@@ -254,7 +261,11 @@ def test_ultralytics_finds_the_splits_from_another_working_directory(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     out = subprocess.run(
-        [sys.executable, "-c", script], cwd=elsewhere, env=env, capture_output=True, text=True,
+        [sys.executable, "-c", script],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
     assert out.returncode == 0, out.stderr[-2000:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -12,11 +13,14 @@ from ml.config import ValidateParams
 from ml.records import DatasetRef, ValidationResult
 from ml.validate import (
     MAX_LINES,
+    RULES,
+    Finding,
     InvalidDataError,
     _cap,
     build_tables,
     ensure_valid,
     error_total,
+    report,
     validate,
 )
 
@@ -83,7 +87,11 @@ def test_tables_flatten_images_boxes_and_splits(dataset: Path) -> None:
     assert boxes["line"].tolist() == [1, 3]  # blank line 2 skipped, numbering kept
     assert boxes["class_id"].iloc[0] == 3
     assert boxes["n_fields"].iloc[1] == 5 and boxes["cy"].isna().iloc[1]
-    assert tables.splits.set_index("split")["images"].to_dict() == {"train": 2, "valid": 2, "test": 2}
+    assert tables.splits.set_index("split")["images"].to_dict() == {
+        "train": 2,
+        "valid": 2,
+        "test": 2,
+    }
     assert tables.counts["boxes"] == 7 and tables.counts["train/boxes"] == 3
 
 
@@ -128,7 +136,9 @@ def test_clean_set_passes_and_builds_data_docs(dataset: Path, tmp_path: Path) ->
     ("defect", "expected"),
     [
         pytest.param(
-            lambda d: (d / "train/labels/x_000001.txt").write_text("1 0.5 0.5 0.5 0.5\n9 0.5 0.5 0.5 0.5\n"),
+            lambda d: (d / "train/labels/x_000001.txt").write_text(
+                "1 0.5 0.5 0.5 0.5\n9 0.5 0.5 0.5 0.5\n"
+            ),
             "train/labels/x_000001.txt:2: class_id must be in 0..7, found 9",
             id="class-9",
         ),
@@ -174,7 +184,9 @@ def test_bad_data_is_an_error_naming_file_rule_and_value(
 @pytest.mark.parametrize(
     ("make_bad", "detail"),
     [
-        pytest.param(lambda p: p.write_text("hello, I am text\n"), "cannot identify", id="text-as-png"),
+        pytest.param(
+            lambda p: p.write_text("hello, I am text\n"), "cannot identify", id="text-as-png"
+        ),
         pytest.param(truncated_png, "truncated", id="truncated-png"),
     ],
 )
@@ -210,12 +222,15 @@ def test_ensure_valid_raises_with_docs_url(dataset: Path, tmp_path: Path) -> Non
     assert first == f"r1: 1 data errors (first ones listed), see {result.docs_url}"
     assert rest == ["train/labels/x_000000.txt:1: class_id must be in 0..7, found 9"]
     assert isinstance(caught.value, ValueError) and caught.value.result is result
+    again = pickle.loads(pickle.dumps(caught.value))
+    assert str(again) == message and again.result == result
 
 
 def test_validate_twice_in_the_same_gx_dir(dataset: Path, tmp_path: Path) -> None:
+    strict = PARAMS.model_copy(update={"min_image_size": 64})
     first = run(dataset, tmp_path)
     # Same folder, stricter params: the stored suite is updated, nothing "already exists".
-    second = validate(ref(dataset, "r2"), ValidateParams(min_image_size=64), tmp_path / "gx")
+    second = validate(ref(dataset, "r2"), strict, tmp_path / "gx")
     third = run(dataset, tmp_path)
 
     assert first.ok and third.ok
@@ -228,7 +243,52 @@ def test_validate_twice_in_the_same_gx_dir(dataset: Path, tmp_path: Path) -> Non
     assert len(list(results.rglob("*.json"))) == 9  # three runs of three suites
 
 
+def test_many_errors_are_listed_in_file_order_and_capped(tmp_path: Path) -> None:
+    dataset = make_dataset(tmp_path / "data", per_split=60)
+    for label in dataset.glob("*/labels/*.txt"):
+        label.write_text("9 0.5 0.5 1.2 0.5\n")  # two errors per file, 180 files
+    result = run(dataset, tmp_path)
+
+    assert not result.ok
+    assert len(result.errors) == MAX_LINES + 1
+    assert result.errors[-1] == f"... and {2 * 180 - MAX_LINES} more"
+    assert result.errors[:3] == [
+        "train/labels/x_000000.txt:1: class_id must be in 0..7, found 9",
+        "train/labels/x_000000.txt:1: w must be in [0, 1], found 1.2",
+        "train/labels/x_000001.txt:1: class_id must be in 0..7, found 9",
+    ]
+    assert error_total(result.errors) == 360
+    assert str(InvalidDataError(result)).startswith("r1: 360 data errors")
+
+
+def test_missing_dataset_folder_is_not_a_data_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nowhere: dataset folder of r1 not found"):
+        validate(ref(tmp_path / "nowhere"), PARAMS, tmp_path / "gx")
+    assert not (tmp_path / "gx").exists()
+
+
+def test_empty_splits_are_errors(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    result = run(tmp_path / "data", tmp_path)
+
+    assert result.errors == [
+        f"{split}: split must have at least 2 images, found 0" for split in SPLITS
+    ]
+    assert result.counts["images"] == 0 and result.counts["boxes"] == 0
+
+
 # --------------------------------------------------------------------------- messages
+
+
+def test_report_merges_rules_in_table_order() -> None:
+    rule_a, rule_b = RULES[0], RULES[1]
+    findings = [
+        Finding(rule_a, count=5, rows=((1, "a1"), (4, "a4"))),
+        Finding(rule_b, count=2, rows=((2, "b2"), (3, "b3"))),
+    ]
+    assert report(findings, limit=10) == ["a1", "b2", "b3", "a4", "... and 3 more"]
+    assert report(findings, limit=3) == ["a1", "b2", "b3", "... and 4 more"]
+    assert report([]) == []
 
 
 def test_error_lines_are_capped_with_a_count() -> None:

@@ -1,0 +1,293 @@
+"""`emoflow`: the command line of the continual-training loop.
+
+Every command prints a short human line or a JSON record; errors are one line naming what is
+wrong (exit code 2), never a stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ml import data_registry, services
+from ml.config import ConfigError, Settings, load_params
+
+DAG_ID = "emotion_ct"
+
+
+def _print_record(record) -> None:
+    print(json.dumps(record.model_dump(mode="json"), indent=2))
+
+
+# ---------------------------------------------------------------- data
+
+
+def _sample_batch(settings: Settings, args: argparse.Namespace, name: str) -> Path:
+    """Generate a sample batch (sizes from params.yaml unless given) under <home>/batches."""
+    from ml.sample_data import Shift, generate
+
+    sizes = load_params(settings.params_file).sample
+    out = settings.home / "batches" / name
+    if not (out / "data.yaml").exists():
+        generate(
+            out,
+            train=args.train or sizes.train,
+            valid=args.valid or sizes.valid,
+            test=args.test or sizes.test,
+            seed=args.seed if args.seed is not None else sizes.seed,
+            shift=Shift(brightness=args.brightness, contrast=args.contrast,
+                        face_scale=args.face_scale),
+            prefix="s",
+        )  # fmt: skip
+    return out
+
+
+def cmd_data(args: argparse.Namespace, settings: Settings) -> None:
+    if args.data_command == "init":
+        repo = data_registry.init(settings)
+        print(f"data registry: {repo} (DVC remote: {settings.remote_url})")
+        if args.sample or args.source:
+            args.note = args.note or None
+            cmd_data(argparse.Namespace(**{**vars(args), "data_command": "add-batch"}), settings)
+    elif args.data_command == "add-batch":
+        if args.source:
+            source, note = Path(args.source), args.note or f"folder {args.source}"
+        else:
+            seed = args.seed if args.seed is not None else len(data_registry.revisions(settings))
+            args.seed = seed
+            source = _sample_batch(settings, args, f"sample-{seed}")
+            note = args.note or f"sample batch seed={seed} brightness={args.brightness} " \
+                f"contrast={args.contrast} face_scale={args.face_scale}"
+        revision = data_registry.add_batch(settings, source, note)
+        print(f"{revision.name}  {revision.digest}  {revision.message}")
+    elif args.data_command == "log":
+        for rev in reversed(data_registry.revisions(settings)):
+            print(f"{rev.name:5} {rev.digest}  {rev.date}  {rev.message}")
+    elif args.data_command == "pull":
+        _print_record(data_registry.pull(settings, args.revision))
+
+
+# ---------------------------------------------------------------- servers and Airflow
+
+
+def _servers(settings: Settings) -> dict[str, services.Server]:
+    return {"mlflow": services.mlflow_server(settings), "service": services.bento_service(settings)}
+
+
+def cmd_start(args: argparse.Namespace, settings: Settings) -> None:
+    server = _servers(settings)[args.server]
+    pid = services.start(server, settings, timeout=args.timeout)
+    print(f"{server.name} running (pid {pid}) at {server.ready_url.rsplit('/', 1)[0]}")
+
+
+def cmd_stop(args: argparse.Namespace, settings: Settings) -> None:
+    for name in ("service", "mlflow") if args.server == "all" else (args.server,):
+        print(f"{name}: {'stopped' if services.stop(settings, name) else 'was not running'}")
+
+
+def airflow(settings: Settings, *args: str, log: Path | None = None) -> int:
+    """Run an `airflow` command with emoflow's embedded configuration."""
+    env = services.airflow_env(settings)
+    command = [str(services.BIN / "airflow"), *args]
+    if log is None:
+        return subprocess.call(command, env=env)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        return subprocess.call(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def prepare_airflow(settings: Settings) -> None:
+    """Create Airflow's SQLite database and the `gpu` pool (one slot) once."""
+    log = services.log_file(settings, "airflow-init")
+    if not (settings.airflow_home / "airflow.db").exists():
+        if airflow(settings, "db", "migrate", log=log) != 0:
+            raise services.ServiceError(f"airflow db migrate failed; see {log}")
+    if airflow(settings, "pools", "set", "gpu", "1", "Training on the GPU worker", log=log) != 0:
+        raise services.ServiceError(f"creating the Airflow pool 'gpu' failed; see {log}")
+
+
+def run_dag(settings: Settings, conf: dict) -> Path:
+    """One run of `emotion_ct` through Airflow (`airflow dags test`); returns its log file."""
+    prepare_airflow(settings)
+    log = services.log_file(settings, f"{DAG_ID}-{time.strftime('%Y%m%d-%H%M%S')}")
+    code = airflow(settings, "dags", "test", DAG_ID, "--conf", json.dumps(conf), log=log)
+    if code != 0:
+        raise services.ServiceError(f"DAG run {DAG_ID} failed (exit {code}); see {log}")
+    failed = [line for line in log.read_text().splitlines() if "Marking task as FAILED" in line
+              or "state=failed" in line.replace(" ", "")]  # fmt: skip
+    if failed:
+        raise services.ServiceError(f"DAG run {DAG_ID} had failed tasks; see {log}")
+    return log
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> None:
+    conf = {"revision": args.revision, "epochs": args.epochs, "imgsz": args.imgsz}
+    print(f"running {DAG_ID} through Airflow with {json.dumps(conf)} ...", flush=True)
+    log = run_dag(settings, conf)
+    print(f"{DAG_ID} succeeded; log: {log}")
+
+
+def cmd_airflow(args: argparse.Namespace, settings: Settings) -> None:
+    sys.exit(airflow(settings, *args.airflow_args))
+
+
+# ---------------------------------------------------------------- models
+
+
+def cmd_model(args: argparse.Namespace, settings: Settings) -> None:
+    from ml import registry
+
+    if args.model_command == "list":
+        client = registry.client(settings)
+        for mv in client.search_model_versions(f"name='{settings.model_name}'"):
+            aliases = ",".join(mv.aliases) or "-"
+            tags = {k: mv.tags.get(k, "?") for k in ("data_revision", "gate", "val_map50")}
+            print(f"v{mv.version:<4} {aliases:28} {json.dumps(tags)}")
+    elif args.model_command == "promote":
+        _print_record(registry.promote(settings, args.version, reason="manual promotion"))
+    elif args.model_command == "rollback":
+        _print_record(registry.rollback(settings))
+
+
+def cmd_predict(args: argparse.Namespace, settings: Settings) -> None:
+    import httpx
+
+    image = Path(args.image)
+    with image.open("rb") as fh:
+        response = httpx.post(
+            f"{settings.service_url}/predict", files={"image": (image.name, fh)}, timeout=60
+        )
+    print(json.dumps(response.json(), indent=2))
+    if response.status_code >= 400:
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------- the main job
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
+    """One full cycle on the bundled sample data, ending with a served model answering HTTP."""
+    started = time.monotonic()
+
+    def step(text: str) -> None:
+        print(f"[{time.monotonic() - started:6.0f}s] {text}", flush=True)
+
+    if not data_registry.revisions(settings):
+        step("generating the sample dataset and recording revision r1 in the DVC registry")
+        args.seed, args.source = None, None
+        cmd_data(argparse.Namespace(**{**vars(args), "data_command": "add-batch"}), settings)
+    step(f"starting MLflow at {settings.mlflow_tracking_uri}")
+    services.start(services.mlflow_server(settings), settings, timeout=180)
+    step(f"running DAG {DAG_ID} through Airflow (airflow dags test); this is the long part")
+    log = run_dag(settings, {"revision": "latest", "epochs": args.epochs, "imgsz": None})
+    step(f"DAG run succeeded (log: {log})")
+    from ml import registry
+
+    champion = registry.version_by_alias(settings, registry.CHAMPION)
+    if champion is None:
+        raise LookupError(
+            "the evaluation gate refused the model, so no version is champion and there is "
+            f"nothing to serve; the gate's reasons are in {log} and in the run's gate/ artifacts"
+        )
+    step(f"model '{champion.name}' version {champion.version} is champion")
+    services.stop(settings, "service")
+    step(f"starting the Bento service at {settings.service_url}")
+    services.start(services.bento_service(settings), settings, timeout=300)
+    sample = next(iter(sorted((data_registry.pull(settings).path / "test" / "images").iterdir())))
+    step(f"POST /predict with {sample.name}")
+    cmd_predict(argparse.Namespace(image=str(sample)), settings)
+    index = settings.reports_dir / "index.html"
+    print(f"""
+Done in {time.monotonic() - started:.0f} s. What is running and where to look:
+  Bento service  {settings.service_url}  (POST /predict, GET /health, GET /ready, docs at /docs)
+  MLflow UI      {settings.mlflow_tracking_uri}  (model '{settings.model_name}', alias champion)
+  Drift reports  file://{index}
+  Airflow UI     start it with: .venv/bin/emoflow airflow standalone  -> http://127.0.0.1:{settings.airflow_port}
+                 (login: admin, password in {settings.airflow_home}/simple_auth_manager_passwords.json.generated)
+  Stop servers   .venv/bin/emoflow stop all""")
+
+
+# ---------------------------------------------------------------- parser
+
+
+def _add_sample_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sample", action="store_true", help="generate a sample batch")
+    parser.add_argument("--from", dest="source", help="a folder in YOLO layout")
+    parser.add_argument("--note", help="where the batch came from (recorded in the revision)")
+    parser.add_argument("--seed", type=int, help="sample seed (default: next revision number)")
+    parser.add_argument("--train", type=int, help="sample images in train (default: params)")
+    parser.add_argument("--valid", type=int, help="sample images in valid (default: params)")
+    parser.add_argument("--test", type=int, help="sample images in test (default: params)")
+    parser.add_argument("--brightness", type=float, default=0.0, help="sample shift: brightness")
+    parser.add_argument("--contrast", type=float, default=1.0, help="sample shift: contrast")
+    parser.add_argument("--face-scale", type=float, default=1.0, help="sample shift: face size")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emoflow", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="the versioned dataset (DVC)")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    _add_sample_options(data_sub.add_parser("init", help="create the registry (and revision r1)"))
+    _add_sample_options(data_sub.add_parser("add-batch", help="append a batch: a new revision"))
+    data_sub.add_parser("log", help="list revisions, newest first")
+    pull = data_sub.add_parser("pull", help="pull a revision into a workspace")
+    pull.add_argument("revision", nargs="?", default="latest")
+
+    for name, helptext in (("start", "start a server"), ("stop", "stop servers")):
+        p = sub.add_parser(name, help=helptext)
+        choices = ["mlflow", "service"] + (["all"] if name == "stop" else [])
+        p.add_argument("server", choices=choices)
+        if name == "start":
+            p.add_argument("--timeout", type=float, default=180)
+
+    run = sub.add_parser("run", help=f"run the {DAG_ID} DAG once through Airflow")
+    run.add_argument("--revision", default="latest")
+    run.add_argument("--epochs", type=int)
+    run.add_argument("--imgsz", type=int)
+
+    af = sub.add_parser("airflow", help="run an airflow command with emoflow's configuration")
+    af.add_argument("airflow_args", nargs=argparse.REMAINDER)
+
+    model = sub.add_parser("model", help="the MLflow model registry")
+    model_sub = model.add_subparsers(dest="model_command", required=True)
+    model_sub.add_parser("list", help="versions with their aliases and tags")
+    promote = model_sub.add_parser("promote", help="make VERSION the champion")
+    promote.add_argument("version", type=int)
+    model_sub.add_parser("rollback", help="champion back to the previous version")
+
+    predict = sub.add_parser("predict", help="send an image to the running service")
+    predict.add_argument("image")
+
+    demo = sub.add_parser("demo", help="one full cycle on sample data, ending with a served model")
+    _add_sample_options(demo)
+    demo.add_argument("--epochs", type=int, help="override params.yaml's epochs for this run")
+    return parser
+
+
+COMMANDS = {
+    "data": cmd_data, "start": cmd_start, "stop": cmd_stop, "run": cmd_run,
+    "airflow": cmd_airflow, "model": cmd_model, "predict": cmd_predict, "demo": cmd_demo,
+}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    try:
+        settings = Settings()
+        COMMANDS[args.command](args, settings)
+    except (ConfigError, data_registry.DataRegistryError, services.ServiceError, LookupError,
+            FileExistsError, FileNotFoundError, ValueError) as exc:  # fmt: skip
+        print(f"emoflow: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

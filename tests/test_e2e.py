@@ -1,0 +1,123 @@
+"""End to end: the real DAG through Airflow, a real MLflow server, the real Bento service.
+
+One cycle on a tiny generated dataset. The gate's floors are zero in this test's params so the
+2-epoch model can become champion (the gate itself is tested in test_gate and test_training).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from conftest import make_settings
+from ml import data_registry, registry, services
+from ml.config import PROJECT_ROOT
+from ml.lineage import code_commit
+
+pytestmark = pytest.mark.e2e
+
+TINY_PARAMS = {
+    "sample": {"seed": 0, "train": 48, "valid": 16, "test": 16},
+    "train": {"epochs": 2, "imgsz": 64, "batch": 16, "workers": 0},
+    "gate": {"min_map50": 0.0, "min_map50_95": 0.0, "min_improvement": -1.0},
+    "drift": {"max_rows": 200},
+}
+
+
+def emoflow(env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [str(services.BIN / "emoflow"), *args], env=env, capture_output=True, text=True,
+        cwd=PROJECT_ROOT, timeout=1200,
+    )  # fmt: skip
+    if check:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def cycle(tmp_path_factory):
+    home = tmp_path_factory.mktemp("e2e")
+    params = home / "params.yaml"
+    params.write_text(yaml.safe_dump(TINY_PARAMS))
+    settings = make_settings(home, params_file=params)
+    env = services.settings_env(settings)
+    emoflow(env, "data", "init", "--sample")
+    services.start(services.mlflow_server(settings), settings, timeout=180)
+    try:
+        run = emoflow(env, "run")
+        yield settings, env, run
+    finally:
+        services.stop(settings, "service")
+        services.stop(settings, "mlflow")
+
+
+def test_one_cycle_registers_a_champion_named_by_data_and_code(cycle):
+    settings, _, run = cycle
+    assert "emotion_ct succeeded" in run.stdout
+    champion = registry.version_by_alias(settings, registry.CHAMPION)
+    assert champion is not None and champion.version == 1
+    version = registry.client(settings).get_model_version(settings.model_name, "1")
+    r1 = data_registry.revision(settings, "r1")
+    assert version.tags["data_revision"] == "r1"
+    assert version.tags["data_digest"] == r1.digest
+    assert version.tags["data_commit"] == r1.commit
+    assert version.tags["git_commit"] == code_commit()
+    assert version.tags["gate"] == "passed"
+    mlflow_run = registry.client(settings).get_run(version.run_id)
+    assert {"map50", "map50_95", "metrics/mAP50B"} <= set(mlflow_run.data.metrics)
+    assert mlflow_run.data.params["epochs"] == "2"
+    drift_pages = list((settings.reports_dir / "drift").glob("*.html"))
+    assert drift_pages and (settings.reports_dir / "index.html").is_file()
+    assert list((settings.home / "gx").rglob("local_site/index.html"))
+
+
+def test_the_service_serves_the_champion_over_http(cycle):
+    settings, _, _ = cycle
+    services.start(services.bento_service(settings), settings, timeout=300)
+    url = settings.service_url
+    assert httpx.get(f"{url}/health").status_code == 200
+    ready = httpx.get(f"{url}/ready").json()
+    assert ready["version"] == 1
+    image = next((data_registry.pull(settings).path / "test" / "images").iterdir())
+    answer = httpx.post(f"{url}/predict", files={"image": (image.name, image.read_bytes())})
+    assert answer.status_code == 200
+    body = answer.json()
+    assert {"emotion", "confidence", "faces", "model_version"} <= set(body)
+    assert body["model_version"] == 1
+    text = httpx.post(f"{url}/predict", files={"image": ("notes.txt", b"not an image")})
+    assert 400 <= text.status_code < 500
+    assert "error" in text.json()
+
+
+def test_a_bad_batch_stops_the_run_before_training_and_keeps_the_champion(cycle, tmp_path):
+    settings, env, _ = cycle
+    batch = tmp_path / "bad"
+    source = data_registry.pull(settings, "r1").path
+    for split in ("train", "valid", "test"):
+        for kind in ("images", "labels"):
+            (batch / split / kind).mkdir(parents=True)
+        for i, image in enumerate(sorted((source / split / "images").iterdir())[:4]):
+            shutil.copy(image, batch / split / "images" / f"bad{i}.png")
+            (batch / split / "labels" / f"bad{i}.txt").write_text("4 0.5 0.5 0.6 0.6\n")
+    (batch / "train" / "labels" / "bad0.txt").write_text("9 0.5 0.5 0.6 0.6\n")
+    (batch / "valid" / "labels" / "bad1.txt").write_text("3 0.5 0.5 1.4 0.6\n")
+    emoflow(env, "data", "add-batch", "--from", str(batch), "--note", "broken labels")
+
+    run = emoflow(env, "run", check=False)
+    assert run.returncode == 2
+    log = Path(run.stderr.split("see ")[-1].strip())
+    text = log.read_text()
+    assert "InvalidDataError" in text and "r2:" in text
+    assert "train/labels/bad0.txt" in text and "valid/labels/bad1.txt" in text
+    # Training never started: the only MLflow run is cycle one's.
+    client = registry.client(settings)
+    experiment = client.get_experiment_by_name("emotion-detector")
+    assert len(client.search_runs([experiment.experiment_id])) == 1
+    assert registry.version_by_alias(settings, registry.CHAMPION).version == 1
+    versions = registry.client(settings).search_model_versions(f"name='{settings.model_name}'")
+    assert [v.version for v in versions] == ["1"]
