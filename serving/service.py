@@ -7,6 +7,7 @@ URL) before any of our code runs. Every bad input gets a 4xx JSON `{"error", "de
     POST /predict   multipart field `image` (PNG, JPEG, WEBP or BMP) -> faces and emotions
     GET  /health    liveness
     GET  /ready     200 with the model version once the champion is loaded, else 503
+    GET  /reports/  the drift report pages (the files under <home>/reports)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import asdict
 import bentoml
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from PIL import Image, ImageOps
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -179,6 +180,14 @@ class EmotionService:
         if self.served is None:
             return self._not_ready()
         return JSONResponse({"model": self.served.ref.name, "version": self.served.ref.version})
+
+    @app.get("/reports/{path:path}")
+    async def reports(self, path: str) -> Response:
+        root = self.settings.reports_dir.resolve()
+        target = (root / (path or "index.html")).resolve()
+        if not target.is_relative_to(root) or not target.is_file():
+            return error_response(404, "not found", f"no report named {path!r} in {root}")
+        return FileResponse(target)
 
     @app.post("/predict")
     async def predict(self, request: Request) -> JSONResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 from urllib.parse import urlparse
@@ -9,6 +10,7 @@ from urllib.parse import urlparse
 import pytest
 from PIL import Image
 
+import ml.validate as validate_module
 from ml.config import ValidateParams
 from ml.records import DatasetRef, ValidationResult
 from ml.validate import (
@@ -109,11 +111,21 @@ def test_truncated_png_and_text_file_are_not_decodable(dataset: Path) -> None:
     assert images["decodable"].sum() == 4
 
 
-def test_parallel_decode_gives_the_same_rows(dataset: Path) -> None:
+def _pid_rows(paths: list[str]) -> list[tuple]:
+    return [(os.getpid(),) for _ in paths]
+
+
+def test_parallel_decode_runs_in_other_processes_and_gives_the_same_rows(
+    dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     truncated_png(dataset / "test/images/x_000000.png")
     serial = build_tables(dataset, workers=1).images
     parallel = build_tables(dataset, workers=2).images
     assert serial.equals(parallel)
+
+    monkeypatch.setattr(validate_module, "_decode_chunk", _pid_rows)
+    pids = {pid for (pid,) in validate_module.decode_images(["x"] * 300, workers=2)}
+    assert pids and os.getpid() not in pids
 
 
 # --------------------------------------------------------------------------- the GX checkpoint

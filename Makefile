@@ -1,0 +1,28 @@
+# The two commands a newcomer needs:
+#   make demo   one full continual-training cycle on generated sample data, ending with a served model
+#   make test   the test suite (unit, integration against real servers, end to end through Airflow)
+.PHONY: setup demo test test-fast lint bench stop clean
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/emoflow demo
+
+test: setup
+	.venv/bin/pytest
+
+test-fast: setup
+	.venv/bin/pytest -m "not e2e"
+
+lint: setup
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+bench: setup
+	.venv/bin/python bench/sample_map.py
+
+stop:
+	.venv/bin/emoflow stop all
+
+clean: stop
+	rm -rf .emoflow

@@ -1,0 +1,28 @@
+"""Airflow plugin: the emoflow UIs one click away from Airflow's navigation bar.
+
+Links point at the MLflow UI, the Bento service's API docs and the drift report pages (served
+by the Bento service under /reports/). Addresses come from emoflow's settings.
+"""
+
+from __future__ import annotations
+
+from airflow.plugins_manager import AirflowPlugin
+
+from ml.config import Settings
+
+
+def _views() -> list[dict]:
+    settings = Settings()
+    return [
+        {"name": "MLflow: models and runs", "href": settings.mlflow_tracking_uri,
+         "category": "emoflow", "destination": "nav"},
+        {"name": "Drift reports", "href": f"{settings.service_url}/reports/index.html",
+         "category": "emoflow", "destination": "nav"},
+        {"name": "Emotion service API", "href": f"{settings.service_url}/docs",
+         "category": "emoflow", "destination": "nav"},
+    ]  # fmt: skip
+
+
+class EmoflowPlugin(AirflowPlugin):
+    name = "emoflow"
+    external_views = _views()
