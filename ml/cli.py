@@ -61,8 +61,11 @@ def cmd_data(args: argparse.Namespace, settings: Settings) -> None:
             seed = args.seed if args.seed is not None else len(data_registry.revisions(settings))
             args.seed = seed
             source = _sample_batch(settings, args, f"sample-{seed}")
-            note = args.note or f"sample batch seed={seed} brightness={args.brightness} " \
+            note = (
+                args.note
+                or f"sample batch seed={seed} brightness={args.brightness} "
                 f"contrast={args.contrast} face_scale={args.face_scale}"
+            )
         revision = data_registry.add_batch(settings, source, note)
         print(f"{revision.name}  {revision.digest}  {revision.message}")
     elif args.data_command == "log":

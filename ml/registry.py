@@ -87,9 +87,7 @@ def download_onnx(settings: Settings, ref: ModelRef, dst: Path) -> Path:
 
     client(settings)
     local = Path(
-        mlflow.artifacts.download_artifacts(
-            f"models:/{ref.name}/{ref.version}", dst_path=str(dst)
-        )
+        mlflow.artifacts.download_artifacts(f"models:/{ref.name}/{ref.version}", dst_path=str(dst))
     )
     return next(local.glob("*.onnx"))
 
@@ -134,7 +132,9 @@ def rollback(settings: Settings) -> PromoteResult:
     """Swap `champion` and `previous`: the model served before the last promotion comes back."""
     previous = version_by_alias(settings, PREVIOUS)
     if previous is None:
-        raise LookupError(f"model '{settings.model_name}' has no 'previous' version to roll back to")
+        raise LookupError(
+            f"model '{settings.model_name}' has no 'previous' version to roll back to"
+        )
     return promote(settings, previous.version, reason=f"rollback to version {previous.version}")
 
 

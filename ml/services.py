@@ -73,7 +73,9 @@ def mlflow_server(settings: Settings) -> Server:
         "--port", str(settings.mlflow_port),
         "--workers", "1",
     ]  # fmt: skip
-    return Server("mlflow", command, f"{settings.mlflow_tracking_uri}/health", settings_env(settings))
+    return Server(
+        "mlflow", command, f"{settings.mlflow_tracking_uri}/health", settings_env(settings)
+    )
 
 
 def bento_service(settings: Settings) -> Server:

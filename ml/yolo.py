@@ -21,7 +21,13 @@ def load(config_dir: Path) -> ModuleType:
     os.environ["YOLO_OFFLINE"] = "true"
     os.environ["YOLO_AUTOINSTALL"] = "false"
     import ultralytics
+    from PIL import Image
+    from ultralytics.utils import patches
 
+    # ultralytics replaces PIL.Image.open process-wide with a version that, on an unidentified
+    # file, tries to pip-install pi-heif at run time. Put Pillow's own function back: emoflow
+    # decodes only the formats it names, offline, and must not change Pillow for other steps.
+    Image.open = patches._image_open
     ultralytics.settings.update(_INTEGRATIONS_OFF)
     # On CUDA, ultralytics' AMP self-check downloads a hub model. emoflow decides AMP itself
     # (on for CUDA, off for CPU), so the check is replaced by that decision.

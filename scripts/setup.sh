@@ -9,7 +9,9 @@ if [ ! -x .venv/bin/python ]; then
   echo "==> creating .venv with $PYTHON"
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade "pip>=25" "uv==0.13.9"
+# This machine kind's pip.conf names local wheel indexes; pip warns for each package they lack.
+quiet_pip() { .venv/bin/python -m pip install --quiet "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }; }
+quiet_pip --upgrade "pip>=25" "uv==0.13.9"
 
 # torch/torchvision first through pip: on this machine kind pip takes the large CUDA wheels
 # from the local wheel store, which uv does not look at. The lock pins the same versions,
@@ -17,7 +19,7 @@ fi
 torch_pins=$(grep -E '^(torch|torchvision)==' requirements.lock | tr '\n' ' ')
 if ! .venv/bin/python -c "import importlib.metadata as m, sys; want=dict(l.split('==') for l in sys.argv[1:]); sys.exit(any(m.version(k)!=v for k,v in want.items()))" $torch_pins 2>/dev/null; then
   echo "==> installing $torch_pins (pip)"
-  .venv/bin/python -m pip install --quiet $torch_pins
+  quiet_pip $torch_pins
 fi
 
 echo "==> installing the locked environment (uv)"

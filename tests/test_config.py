@@ -2,8 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from ml.config import ConfigError, Params, Settings, load_params
-from ml.config import PROJECT_ROOT
+from ml.config import PROJECT_ROOT, ConfigError, Params, Settings, load_params
 
 
 def test_project_params_file_loads_and_has_a_stable_digest():

@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import free_port
 from PIL import Image, ImageDraw
 
+from conftest import free_port
 from ml import registry, services, yolo
 from ml.config import EMOTIONS, Settings
 from ml.records import DatasetRef, TrainResult
