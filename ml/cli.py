@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -114,17 +115,42 @@ def prepare_airflow(settings: Settings) -> None:
         raise services.ServiceError(f"creating the Airflow pool 'gpu' failed; see {log}")
 
 
+TASK_START = re.compile(r"\[DAG TEST\] starting task_id=(\w+)")
+TASK_STATE = re.compile(r"Task instance state updated .* new_state=(\w+)")
+EPOCH = re.compile(r"((?:epoch \d+/\d+|best weights): .*?\(\d+ s\))")
+
+
 def run_dag(settings: Settings, conf: dict) -> Path:
-    """One run of `emotion_ct` through Airflow (`airflow dags test`); returns its log file."""
+    """One run of `emotion_ct` through Airflow (`airflow dags test`); returns its log file.
+
+    The full Airflow output goes to the log file; task outcomes and training epochs are echoed.
+    """
     prepare_airflow(settings)
     log = services.log_file(settings, f"{DAG_ID}-{time.strftime('%Y%m%d-%H%M%S')}")
-    code = airflow(settings, "dags", "test", DAG_ID, "--conf", json.dumps(conf), log=log)
-    if code != 0:
-        raise services.ServiceError(f"DAG run {DAG_ID} failed (exit {code}); see {log}")
-    failed = [line for line in log.read_text().splitlines() if "Marking task as FAILED" in line
-              or "state=failed" in line.replace(" ", "")]  # fmt: skip
-    if failed:
-        raise services.ServiceError(f"DAG run {DAG_ID} had failed tasks; see {log}")
+    command = [str(services.BIN / "airflow"), "dags", "test", DAG_ID, "--conf", json.dumps(conf)]
+    task, failed = "?", []
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            command, env=services.airflow_env(settings), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        for line in proc.stdout:
+            out.write(line)
+            text = None
+            if match := TASK_START.search(line):
+                task = match.group(1)
+            elif match := TASK_STATE.search(line):
+                failed += [task] if match.group(1) == "failed" else []
+                text = f"  task {task}: {match.group(1)}"
+            elif match := EPOCH.search(line):
+                text = f"  train {match.group(1)}"
+            if text:
+                print(text, flush=True)
+        code = proc.wait()
+    if code != 0 or failed or "DagRun failed" in log.read_text()[-2000:]:
+        raise services.ServiceError(
+            f"DAG run {DAG_ID} failed (tasks failed: {', '.join(failed) or 'see log'}); see {log}"
+        )
     return log
 
 

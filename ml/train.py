@@ -7,6 +7,7 @@ earlier run instead of training a second time.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from ml import registry, yolo
 from ml.config import Settings, TrainParams, resolve_device
 from ml.records import DatasetRef, TrainResult
 
+log = logging.getLogger("emoflow.train")
 EXPERIMENT = "emotion-detector"
 FINAL_METRICS = {
     "map50": "metrics/mAP50(B)",
@@ -102,6 +104,15 @@ def train(
             mlflow.log_metrics(
                 {_metric_name(k): float(v) for k, v in metrics.items()}, step=trainer.epoch
             )
+            # ultralytics calls this once more after training, validating the best weights
+            # from file (then its validator is not in training mode).
+            log.info(
+                "%s: val mAP50 %.3f, mAP50-95 %.3f (%.0f s)",
+                f"epoch {trainer.epoch + 1}/{trainer.epochs}"
+                if trainer.validator.training else "best weights",
+                metrics.get(FINAL_METRICS["map50"], 0.0),
+                metrics.get(FINAL_METRICS["map50_95"], 0.0), time.monotonic() - started,
+            )  # fmt: skip
 
         model = ultralytics.YOLO(params.model)
         model.add_callback("on_fit_epoch_end", log_epoch)
