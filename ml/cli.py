@@ -71,7 +71,9 @@ def cmd_data(args: argparse.Namespace, settings: Settings) -> None:
         print(f"{revision.name}  {revision.digest}  {revision.message}")
     elif args.data_command == "log":
         for rev in reversed(data_registry.revisions(settings)):
-            print(f"{rev.name:5} {rev.digest}  {rev.date}  {rev.message}")
+            splits = "  ".join(f"{split} {c['images']}" for split, c in rev.counts.items())
+            print(f"{rev.name:5} {rev.digest[:12]}  {rev.date}  +{rev.added_images:<6} {splits}")
+            print(f"      from: {rev.source}")
     elif args.data_command == "pull":
         _print_record(data_registry.pull(settings, args.revision))
 

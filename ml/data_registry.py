@@ -3,6 +3,7 @@
 Layout of the registry repository (``Settings.registry_repo``)::
 
     data/emotions.dvc        pointer committed to git, one commit + tag ``rN`` per revision
+    data/emotions.meta.yaml  what the revision holds (counts per split and class) and its source
     data/emotions/           the dataset (YOLO layout), ignored by git, pushed to the DVC remote
       data.yaml
       {train,valid,test}/{images,labels}/
@@ -23,12 +24,13 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
+from ml import layouts
 from ml.config import EMOTIONS, Settings
+from ml.layouts import IMAGE_SUFFIXES, SPLITS
 from ml.records import DatasetRef
 
 DATASET = "data/emotions"
-SPLITS = ("train", "valid", "test")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+META = f"{DATASET}.meta.yaml"
 
 
 class DataRegistryError(RuntimeError):
@@ -41,6 +43,32 @@ class Revision(BaseModel):
     digest: str
     date: str
     message: str
+    source: str = ""  # where the batch that made this revision came from
+    added_images: int = 0
+    counts: dict[str, dict] = {}  # split -> {"images", "boxes", "background", "classes": {...}}
+
+
+def summarise(dataset: Path) -> dict[str, dict]:
+    """Images, boxes, background images and boxes per emotion, for each split of a dataset."""
+    counts = {}
+    for split in SPLITS:
+        images = [
+            p for p in (dataset / split / "images").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+        ]
+        classes = dict.fromkeys(EMOTIONS, 0)
+        boxes = background = 0
+        for image in images:
+            label = dataset / split / "labels" / f"{image.stem}.txt"
+            lines = label.read_text().split("\n") if label.exists() else []
+            ids = [line.split()[0] for line in lines if line.strip()]
+            background += not ids
+            for class_id in ids:
+                boxes += 1
+                if class_id.isdigit() and int(class_id) < len(EMOTIONS):
+                    classes[EMOTIONS[int(class_id)]] += 1
+        counts[split] = {"images": len(images), "boxes": boxes, "background": background,
+                         "classes": classes}  # fmt: skip
+    return counts
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -82,31 +110,16 @@ def init(settings: Settings) -> Path:
     return repo_path
 
 
-def _split_dirs(root: Path) -> dict[str, Path]:
-    """Map canonical split names to the source's split folders (`val` is accepted for valid)."""
-    found = {}
-    for split in SPLITS:
-        for name in (split, "val") if split == "valid" else (split,):
-            if (root / name / "images").is_dir():
-                found[split] = root / name
-                break
-    if not found:
-        raise DataRegistryError(
-            f"{root}: no split folders found; expected {{train,valid,test}}/images and /labels"
-        )
-    return found
-
-
-def _merge_batch(source: Path, dataset: Path) -> int:
-    """Copy a YOLO-layout batch into the dataset folder; returns the number of new images."""
+def _merge_batch(batch: Path, dataset: Path) -> int:
+    """Copy a batch in the canonical layout into the dataset; returns the number of new images."""
     added = 0
-    for split, split_dir in _split_dirs(source).items():
+    for split in SPLITS:
+        if not (batch / split / "images").is_dir():
+            continue
         for kind in ("images", "labels"):
             (dataset / split / kind).mkdir(parents=True, exist_ok=True)
-        for image in sorted((split_dir / "images").iterdir()):
-            if image.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            label = split_dir / "labels" / f"{image.stem}.txt"
+        for image in sorted((batch / split / "images").iterdir()):
+            label = batch / split / "labels" / f"{image.stem}.txt"
             for src, dst in ((image, dataset / split / "images" / image.name),
                              (label, dataset / split / "labels" / label.name)):  # fmt: skip
                 if not src.exists():
@@ -115,38 +128,39 @@ def _merge_batch(source: Path, dataset: Path) -> int:
                     if filecmp.cmp(src, dst, shallow=False):
                         continue
                     raise DataRegistryError(
-                        f"{src}: a different file named {dst.name} is already in {split}; "
-                        "rename the batch's files (names must be unique in a split)"
+                        f"{split}/{src.parent.name}/{src.name}: a different file with this name is "
+                        f"already in the dataset; rename the batch's files (names must be unique)"
                     )
                 shutil.copy2(src, dst)
                 added += src is image
-    (dataset / "data.yaml").write_text(
-        yaml.safe_dump(
-            {"train": "train/images", "val": "valid/images", "test": "test/images",
-             "nc": len(EMOTIONS), "names": list(EMOTIONS)},
-            sort_keys=False,
-        )
-    )  # fmt: skip
+    layouts.write_data_yaml(dataset)
     return added
 
 
 def add_batch(settings: Settings, source: Path, note: str) -> Revision:
-    """Append a YOLO-layout batch to the dataset and record it as a new revision (pushed)."""
-    repo_path = init(settings)
+    """Append a batch (any layout `ml.layouts` reads) and record it as a new revision (pushed)."""
     source = Path(source)
     if not source.is_dir():
         raise DataRegistryError(f"{source}: batch folder not found")
+    repo_path = init(settings)
     dataset = repo_path / DATASET
     if (repo_path / f"{DATASET}.dvc").exists() and not dataset.is_dir():
         _dvc_repo(repo_path).checkout(targets=[str(dataset)])
-    added = _merge_batch(source, dataset)
+    with tempfile.TemporaryDirectory(prefix="batch-", dir=settings.home) as tmp:
+        try:
+            layouts.to_canonical(source, Path(tmp) / "batch")
+        except layouts.LayoutError as exc:
+            raise DataRegistryError(str(exc)) from None
+        added = _merge_batch(Path(tmp) / "batch", dataset)
     if added == 0:
         raise DataRegistryError(f"{source}: the batch adds no new images to the dataset")
     repo = _dvc_repo(repo_path)
     repo.add(str(dataset))
     repo.push(targets=[str(dataset)])
     name = f"r{len(revisions(settings)) + 1}"
-    _git(repo_path, "add", f"{DATASET}.dvc", "data/.gitignore")
+    meta = {"revision": name, "source": note, "added_images": added, "counts": summarise(dataset)}
+    (repo_path / META).write_text(yaml.safe_dump(meta, sort_keys=False))
+    _git(repo_path, "add", f"{DATASET}.dvc", META, "data/.gitignore")
     _git(repo_path, "commit", "--quiet", "-m", f"{name}: +{added} images from {note}")
     _git(repo_path, "tag", name)
     return revision(settings, name)
@@ -176,10 +190,12 @@ def revision(settings: Settings, name: str = "latest") -> Revision:
         known = ", ".join(_tags(repo_path)) or "none"
         raise DataRegistryError(f"unknown data revision {name!r} (known: {known})") from None
     pointer = _git(repo_path, "show", f"{commit}:{DATASET}.dvc")
+    meta = yaml.safe_load(_git(repo_path, "show", f"{commit}:{META}")) or {}
     date, message = _git(repo_path, "log", "-1", "--format=%cI%n%s", commit).split("\n", 1)
     return Revision(
         name=name, commit=commit, digest=_digest(pointer, f"{name}:{DATASET}.dvc"),
-        date=date, message=message,
+        date=date, message=message, source=meta.get("source", ""),
+        added_images=meta.get("added_images", 0), counts=meta.get("counts", {}),
     )  # fmt: skip
 
 

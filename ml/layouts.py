@@ -33,13 +33,16 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ml.config import EMOTIONS
-from ml.data_registry import IMAGE_SUFFIXES
+
+SPLITS = ("train", "valid", "test")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 SPLIT_FOLDERS: dict[str, str] = {"train": "train", "val": "valid", "valid": "valid", "test": "test"}
@@ -124,7 +127,7 @@ def to_canonical(source: Path, out: Path) -> dict[str, dict[str, int]]:
             counts = _convert_class_folders(source, tmp)
         else:
             counts = _convert_yolo(_yolo_splits(source, layout), tmp)
-        _write_data_yaml(tmp)
+        write_data_yaml(tmp)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -137,13 +140,13 @@ def to_canonical(source: Path, out: Path) -> dict[str, dict[str, int]]:
 # --- YOLO layouts ---------------------------------------------------------------------------
 
 
+@dataclass
 class _YoloSplits:
     """Image folder per canonical split, and the source class id -> emoflow class id map."""
 
-    def __init__(self, images: dict[str, Path], id_map: dict[int, int], names_file: Path | None):
-        self.images = images
-        self.id_map = id_map
-        self.names_file = names_file
+    images: dict[str, Path]
+    id_map: dict[int, int]
+    names_file: Path | None
 
 
 def _data_yaml(folder: Path) -> Path | None:
@@ -236,12 +239,10 @@ def _resolve(base: Path, entry: str, yaml_path: Path, key: str) -> Path:
 
 
 def _label_path(image: Path) -> Path:
-    """ultralytics' rule: the last ``/images/`` in the path becomes ``/labels/``, suffix ``.txt``."""
+    """ultralytics' rule: the last ``/images/`` in the path becomes ``/labels/``, suffix ``.txt``
+    (with no ``/images/`` in the path, the label lies beside the image)."""
     sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
-    text = str(image)
-    if sa not in text:
-        return Path(os.devnull + ".missing")  # no labels folder: a background image
-    return Path(sb.join(text.rsplit(sa, 1))).with_suffix(".txt")
+    return Path(sb.join(str(image).rsplit(sa, 1))).with_suffix(".txt")
 
 
 def _convert_yolo(splits: _YoloSplits, out: Path) -> dict[str, dict[str, int]]:
@@ -266,25 +267,29 @@ def _convert_yolo(splits: _YoloSplits, out: Path) -> dict[str, dict[str, int]]:
     return counts
 
 
-def _remap_label(label: Path, id_map: dict[int, int], names_file: Path | None) -> tuple[str, set]:
+def _remap_label(
+    label: Path, id_map: dict[int, int], names_file: Path | None
+) -> tuple[str, set[int]]:
     """Label text with class ids remapped, and the emoflow ids it holds.
 
-    Blank lines are dropped; lines without five fields or with a non-integer class are copied
-    as they are (validation reports them with file and line)."""
+    Blank lines are dropped; lines without five fields, with a non-integer class, or with a
+    class id outside emoflow's 0..7 that the names do not cover are copied as they are:
+    validation reports them with file and line. An uncovered id inside 0..7 is an error here,
+    since copying it would silently read as another emotion."""
     lines, ids = [], set()
     for number, line in enumerate(label.read_text().splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
         source_id = _class_id(fields[0]) if len(fields) == 5 else None
-        if source_id is None:
+        if source_id is None or (source_id not in id_map and not 0 <= source_id < len(EMOTIONS)):
             lines.append(line)
             continue
         if source_id not in id_map:
-            known = f"0..{len(id_map) - 1}" if id_map else "none"
             raise LayoutError(
                 f"{label}:{number}: class id {source_id} is not in "
-                f"{names_file or 'the dataset'} names (ids {known})"
+                f"{names_file.name if names_file else 'the dataset'} names "
+                f"(known ids: {', '.join(map(str, sorted(id_map))) or 'none'})"
             )
         ids.add(id_map[source_id])
         lines.append(" ".join([str(id_map[source_id]), *fields[1:]]))
@@ -320,7 +325,9 @@ def _class_split_dirs(source: Path) -> dict[str, Path]:
 
 def _convert_class_folders(source: Path, out: Path) -> dict[str, dict[str, int]]:
     counts: dict[str, dict[str, int]] = {}
-    for split, split_dir in sorted(_class_split_dirs(source).items(), key=lambda s: SPLITS.index(s[0])):
+    split_dirs = _class_split_dirs(source)
+    for split in (s for s in SPLITS if s in split_dirs):
+        split_dir = split_dirs[split]
         counts[split] = _empty_counts()
         taken: dict[str, Path] = {}
         images_out, labels_out = _split_dirs(out, split)
@@ -377,8 +384,8 @@ def _count(counts: dict[str, int], ids: set[int]) -> None:
         counts[BACKGROUND] += 1
 
 
-def _write_data_yaml(out: Path) -> None:
-    """The same data.yaml as ``data_registry._merge_batch`` writes."""
+def write_data_yaml(out: Path) -> None:
+    """The canonical data.yaml: split folders relative to it, the eight emotions in id order."""
     (out / "data.yaml").write_text(
         yaml.safe_dump(
             {"train": "train/images", "val": "valid/images", "test": "test/images",

@@ -34,7 +34,22 @@ def load(config_dir: Path) -> ModuleType:
     from ultralytics.engine import trainer
 
     trainer.check_amp = lambda model: True
+    _stage_font(Path(ultralytics.utils.USER_CONFIG_DIR))
     return ultralytics
+
+
+def _stage_font(config_dir: Path) -> None:
+    """ultralytics' dataset check fetches Arial.ttf from GitHub unless it finds it in its config
+    folder; a font that ships inside matplotlib (an ultralytics dependency) stands in for it."""
+    target = config_dir / "Arial.ttf"
+    if not target.exists():
+        import shutil
+
+        import matplotlib
+
+        config_dir.mkdir(parents=True, exist_ok=True)
+        font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+        shutil.copyfile(font, target)
 
 
 def export_onnx(weights: Path, imgsz: int, config_dir: Path) -> Path:

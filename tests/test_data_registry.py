@@ -1,5 +1,6 @@
 """The DVC data registry, for real: a git repository, a local DVC remote, pulls by revision."""
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from PIL import Image
 from conftest import make_settings
 from ml import data_registry
 from ml.data_registry import DataRegistryError
+from ml.layouts import write_data_yaml
 
 
 def write_batch(root: Path, prefix: str, per_split: int = 3, colour=(90, 120, 150)) -> Path:
@@ -20,6 +22,7 @@ def write_batch(root: Path, prefix: str, per_split: int = 3, colour=(90, 120, 15
                 root / split / "images" / f"{prefix}{i}.png"
             )
             (root / split / "labels" / f"{prefix}{i}.txt").write_text(f"{i % 8} 0.5 0.5 0.8 0.8\n")
+    write_data_yaml(root)
     return root
 
 
@@ -77,7 +80,9 @@ def test_a_batch_that_adds_nothing_or_clashes_is_refused_and_records_no_revision
     with pytest.raises(DataRegistryError, match="adds no new images"):
         data_registry.add_batch(settings, batch, "again")
     clash = write_batch(tmp_path / "c", "a", colour=(10, 10, 10))
-    with pytest.raises(DataRegistryError, match="a different file named a0.png"):
+    with pytest.raises(
+        DataRegistryError, match="train/images/a0.png: a different file with this name"
+    ):
         data_registry.add_batch(settings, clash, "clash")
     assert [r.name for r in data_registry.revisions(settings)] == ["r1"]
 
@@ -86,5 +91,57 @@ def test_no_registry_and_no_split_folders_are_clear_errors(settings, tmp_path: P
     with pytest.raises(DataRegistryError, match="run `emoflow data init`"):
         data_registry.pull(settings)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataRegistryError, match="no split folders found"):
+    with pytest.raises(DataRegistryError, match="no known dataset layout"):
         data_registry.add_batch(settings, tmp_path / "empty", "empty")
+
+
+def test_revisions_record_counts_per_split_and_class_and_their_source(settings, tmp_path: Path):
+    data_registry.add_batch(settings, write_batch(tmp_path / "a", "a", per_split=3), "batch a")
+    second = data_registry.add_batch(settings, write_batch(tmp_path / "b", "b", per_split=2), "b")
+    first = data_registry.revision(settings, "r1")
+    assert first.source == "batch a" and first.added_images == 9
+    assert first.counts["train"]["images"] == 3 and first.counts["train"]["boxes"] == 3
+    assert first.counts["train"]["classes"]["anger"] == 1  # ids 0, 1, 2 -> one each
+    assert second.added_images == 6 and second.counts["test"]["images"] == 5
+    assert second.counts["test"]["classes"]["anger"] == 2  # a0 and b0
+
+
+@pytest.fixture
+def s3_server(tmp_path: Path, monkeypatch):
+    """A real S3-compatible HTTP server on loopback (moto in server mode), credentials in env."""
+    import subprocess
+
+    import boto3
+
+    from conftest import free_port
+    from ml import services
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(services.BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        services.wait_until_ready(f"http://127.0.0.1:{port}/moto-api/", 60, proc)
+        for key, value in {"AWS_ACCESS_KEY_ID": "emoflow", "AWS_SECRET_ACCESS_KEY": "secret",
+                           "AWS_DEFAULT_REGION": "us-east-1",
+                           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():  # fmt: skip
+            monkeypatch.setenv(key, value)
+        boto3.client("s3").create_bucket(Bucket="emoflow-data")
+        yield boto3.client("s3")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_an_s3_remote_pushes_and_pulls_revisions_over_http(s3_server, tmp_path: Path):
+    settings = make_settings(tmp_path / "home", dvc_remote_url="s3://emoflow-data/dvc")
+    r1 = data_registry.add_batch(settings, write_batch(tmp_path / "a", "a"), "batch a")
+    stored = s3_server.list_objects_v2(Bucket="emoflow-data", Prefix="dvc/")["KeyCount"]
+
+    shutil.rmtree(Path(settings.registry_repo) / ".dvc" / "cache")
+    pulled = data_registry.pull(settings, "r1")
+    assert pulled.digest == r1.digest
+    assert files(pulled.path).items() >= files(tmp_path / "a").items()
+    distinct = {hashlib.md5(content).digest() for content in files(pulled.path).values()}
+    assert stored == len(distinct) + 1  # content-addressed files, plus the folder's .dir listing

@@ -17,6 +17,7 @@ import yaml
 from conftest import make_settings
 from ml import data_registry, registry, services
 from ml.config import PROJECT_ROOT
+from ml.layouts import write_data_yaml
 from ml.lineage import code_commit
 
 pytestmark = pytest.mark.e2e
@@ -104,6 +105,7 @@ def test_a_bad_batch_stops_the_run_before_training_and_keeps_the_champion(cycle,
         for i, image in enumerate(sorted((source / split / "images").iterdir())[:4]):
             shutil.copy(image, batch / split / "images" / f"bad{i}.png")
             (batch / split / "labels" / f"bad{i}.txt").write_text("4 0.5 0.5 0.6 0.6\n")
+    write_data_yaml(batch)
     (batch / "train" / "labels" / "bad0.txt").write_text("9 0.5 0.5 0.6 0.6\n")
     (batch / "valid" / "labels" / "bad1.txt").write_text("3 0.5 0.5 1.4 0.6\n")
     emoflow(env, "data", "add-batch", "--from", str(batch), "--note", "broken labels")

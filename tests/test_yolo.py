@@ -1,0 +1,32 @@
+"""ultralytics as emoflow loads it: offline, integrations off, Pillow left alone."""
+
+from pathlib import Path
+
+import PIL.Image
+import pytest
+
+from ml import yolo
+
+
+@pytest.fixture(scope="module")
+def ultralytics(tmp_path_factory):
+    return yolo.load(tmp_path_factory.mktemp("ultralytics"))
+
+
+def test_the_font_check_finds_a_staged_font_and_never_reaches_for_the_network(
+    ultralytics, monkeypatch
+):
+    from ultralytics.utils import checks, downloads
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("ultralytics tried to download")
+
+    monkeypatch.setattr(downloads, "is_url", no_network)
+    monkeypatch.setattr(downloads, "safe_download", no_network)
+    font = Path(checks.check_font("Arial.ttf"))
+    assert font.parent == Path(ultralytics.utils.USER_CONFIG_DIR) and font.stat().st_size > 0
+
+
+def test_integrations_are_off_and_pillow_is_not_patched(ultralytics):
+    assert not any(ultralytics.settings[key] for key in ("mlflow", "sync", "dvc", "clearml"))
+    assert PIL.Image.open.__module__ == "PIL.Image"
