@@ -175,8 +175,11 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> None:
 
     if args.model_command == "list":
         client = registry.client(settings)
+        by_version: dict[str, list[str]] = {}
+        for alias, version in client.get_registered_model(settings.model_name).aliases.items():
+            by_version.setdefault(str(version), []).append(alias)
         for mv in client.search_model_versions(f"name='{settings.model_name}'"):
-            aliases = ",".join(mv.aliases) or "-"
+            aliases = ",".join(sorted(by_version.get(str(mv.version), []))) or "-"
             tags = {k: mv.tags.get(k, "?") for k in ("data_revision", "gate", "val_map50")}
             print(f"v{mv.version:<4} {aliases:28} {json.dumps(tags)}")
     elif args.model_command == "promote":
