@@ -321,6 +321,11 @@ def main(argv: list[str] | None = None) -> None:
             FileExistsError, FileNotFoundError, ValueError) as exc:  # fmt: skip
         print(f"emoflow: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except Exception as exc:  # a server's answer (MLflow, HTTP): one line, not a stack trace
+        if not type(exc).__module__.startswith(("mlflow", "httpx", "requests")):
+            raise
+        print(f"emoflow: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

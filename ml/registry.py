@@ -111,9 +111,14 @@ def set_tag(settings: Settings, ref: ModelRef, key: str, value: str) -> None:
 
 def promote(settings: Settings, version: int, reason: str) -> PromoteResult:
     """Point `champion` at `version` and `previous` at the old champion."""
+    from mlflow.exceptions import MlflowException
+
     mlflow_client = client(settings)
     name = settings.model_name
-    mlflow_client.get_model_version(name, str(version))  # raises a clear error if unknown
+    try:
+        mlflow_client.get_model_version(name, str(version))
+    except MlflowException:
+        raise LookupError(f"model '{name}' has no version {version}") from None
     old = version_by_alias(settings, CHAMPION)
     if old is not None and old.version == version:
         return PromoteResult(

@@ -1,0 +1,120 @@
+"""The MLflow model registry over HTTP: idempotent registration, promotion, rollback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ml import pipeline, registry, services
+from ml.config import PROJECT_ROOT
+from ml.records import DatasetRef, EvalResult, GateResult, TrainResult
+
+
+def tiny_onnx(path: Path) -> Path:
+    """A valid one-node ONNX model: the registry stores files, it does not care what they do."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph), path)
+    return path
+
+
+DATASET = DatasetRef(revision="r1", commit="c" * 40, digest="d" * 32, path=Path("/nowhere"))
+
+
+def logged_run(settings, tmp_path: Path, name: str) -> TrainResult:
+    import mlflow
+
+    registry.client(settings)
+    mlflow.set_experiment("registry-test")
+    weights = tmp_path / f"{name}.pt"
+    weights.write_bytes(b"weights " + name.encode())
+    with mlflow.start_run() as run:
+        uri = registry.log_model_files(weights, tiny_onnx(tmp_path / f"{name}.onnx"))
+    return TrainResult(
+        run_id=run.info.run_id, model_uri=uri, weights=weights, onnx=tmp_path / f"{name}.onnx",
+        metrics={"map50": 0.5}, device="cpu", seconds=1.0,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def settings(mlflow_settings, request):
+    """The shared MLflow server, with a registered model name of this test's own."""
+    return mlflow_settings.model_copy(update={"model_name": f"reg-{request.node.name[:40]}"})
+
+
+def test_registering_a_run_twice_returns_the_same_version_with_lineage_tags(settings, tmp_path):
+    trained = logged_run(settings, tmp_path, "a")
+    lineage = {"git_commit": "abc123", "params_digest": "p1"}
+    first = registry.register(trained, DATASET, lineage, settings)
+    again = registry.register(trained, DATASET, lineage, settings)
+    assert first == again and first.version == 1
+    tags = registry.client(settings).get_model_version(settings.model_name, "1").tags
+    assert tags["data_revision"] == "r1" and tags["data_digest"] == "d" * 32
+    assert tags["git_commit"] == "abc123" and tags["params_digest"] == "p1"
+    assert registry.version_by_alias(settings, registry.CHALLENGER).version == 1
+
+
+def test_promote_then_rollback_restores_the_previous_champion(settings, tmp_path):
+    lineage = {"git_commit": "abc", "params_digest": "p"}
+    v1 = registry.register(logged_run(settings, tmp_path, "a"), DATASET, lineage, settings)
+    v2 = registry.register(logged_run(settings, tmp_path, "b"), DATASET, lineage, settings)
+    with pytest.raises(LookupError, match="no 'previous' version"):
+        registry.rollback(settings)
+
+    assert registry.promote(settings, v1.version, "first").champion == 1
+    moved = registry.promote(settings, v2.version, "forced")
+    assert (moved.champion, moved.previous) == (2, 1)
+    assert not registry.promote(settings, v2.version, "again").promoted
+
+    back = registry.rollback(settings)
+    assert (back.champion, back.previous) == (1, 2)
+    assert registry.version_by_alias(settings, registry.CHAMPION).version == 1
+    onnx_file = registry.download_onnx(settings, v2, tmp_path / "download")
+    assert onnx_file.suffix == ".onnx" and onnx_file.stat().st_size > 0
+    assert registry.download_weights(settings, v2, tmp_path / "w").read_bytes() == b"weights b"
+
+
+def test_a_refused_gate_leaves_the_champion_where_it_was(settings, tmp_path, monkeypatch):
+    lineage = {"git_commit": "abc", "params_digest": "p"}
+    v1 = registry.register(logged_run(settings, tmp_path, "a"), DATASET, lineage, settings)
+    v2 = registry.register(logged_run(settings, tmp_path, "b"), DATASET, lineage, settings)
+    registry.promote(settings, v1.version, "first")
+    for key, value in services.settings_env(settings).items():
+        if key.startswith("EMOFLOW_"):
+            monkeypatch.setenv(key, value)
+    worse = EvalResult(version=2, map50=0.1, map50_95=0.05, per_class_recall={})
+    refused = GateResult(passed=False, reasons=["FAIL: mAP50 0.100 >= floor 0.250"],
+                         challenger=worse, champion=None, report_path=tmp_path / "r.json")  # fmt: skip
+    result = pipeline.promote(v2, refused)
+    assert not result.promoted and result.champion == 1
+    assert "FAIL: mAP50" in result.reason
+    assert registry.version_by_alias(settings, registry.CHAMPION).version == 1
+
+
+def test_the_cli_promotes_lists_and_rolls_back(settings, tmp_path):
+    lineage = {"git_commit": "abc", "params_digest": "p"}
+    for name in ("a", "b"):
+        registry.register(logged_run(settings, tmp_path, name), DATASET, lineage, settings)
+    env = services.settings_env(settings)
+
+    def emoflow(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(services.BIN / "emoflow"), *args], env=env, cwd=PROJECT_ROOT,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    assert json.loads(emoflow("model", "promote", "1").stdout)["champion"] == 1
+    assert json.loads(emoflow("model", "promote", "2").stdout)["previous"] == 1
+    listing = emoflow("model", "list").stdout
+    assert "champion" in listing.splitlines()[0] or "champion" in listing
+    assert json.loads(emoflow("model", "rollback").stdout)["champion"] == 1
+    missing = emoflow("model", "promote", "9")
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert missing.stderr.startswith("emoflow: error:")
