@@ -49,6 +49,18 @@ class Settings(BaseSettings):
     dvc_remote_url: str | None = None
     serve_host: str = "127.0.0.1"
     serve_port: int = 3000
+    serve_poll_seconds: float = Field(
+        30, ge=0, description="How often the service checks the alias champion (0 = never)."
+    )
+    serve_reload_token: str = Field(
+        "", description="Bearer token of the service's POST /reload; empty = /reload disabled."
+    )
+    max_upload_bytes: int = Field(
+        10 * 1024 * 1024, ge=1, description="Largest request body the service reads (bytes)."
+    )
+    max_pixels: int = Field(
+        25_000_000, ge=1, description="Largest image (width x height) the service decodes."
+    )
     airflow_port: int = 8080
     prediction_log_uri: str | None = None
 
@@ -123,9 +135,71 @@ class SampleParams(_Section):
     test: int = Field(400, ge=1)
 
 
+ImageFormat = Literal["BMP", "JPEG", "MPO", "PNG", "TIFF", "WEBP"]
+"""Image file formats (Pillow's names) that both Pillow and ultralytics read."""
+ImageMode = Literal["1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "I;16", "I", "F"]
+"""Pillow colour modes an image may decode to (channels: 1, L, P, I;16, I, F = 1; LA, PA = 2;
+RGB, YCbCr = 3; RGBA, CMYK = 4)."""
+
+
 class ValidateParams(_Section):
-    min_image_size: int = Field(32, ge=1, description="Smallest accepted width/height (px).")
-    min_images_per_split: int = Field(8, ge=1)
+    """Thresholds of the data checks in ml/validate.py (errors stop the run, warnings do not)."""
+
+    min_image_size: int = Field(
+        32, ge=1, description="Smallest accepted image width and height (px); smaller: error."
+    )
+    image_formats: list[ImageFormat] = Field(
+        ["BMP", "JPEG", "MPO", "PNG", "TIFF", "WEBP"],
+        min_length=1,
+        description="Accepted file formats, by content (not by suffix); others (GIF): error.",
+    )
+    image_modes: list[ImageMode] = Field(
+        ["L", "P", "RGB", "RGBA"],
+        min_length=1,
+        description="Accepted colour modes: L = grey (1 channel), P = palette (1 channel holding "
+        "colours), RGB (3), RGBA (4). Others (LA, CMYK, YCbCr, 16-bit, 1-bit): error.",
+    )
+    min_box_px: float = Field(
+        8, ge=0, description="Smallest box width and height, in pixels of its image: error."
+    )
+    box_tolerance: float = Field(
+        1e-3,
+        ge=0,
+        le=0.1,
+        description="How far a box edge (cx +- w/2, cy +- h/2, normalised) may pass the image "
+        "border before the box counts as outside the image (error).",
+    )
+    min_images_per_split: int = Field(
+        8, ge=1, description="Images each of train, valid and test needs; fewer, or a missing "
+        "split folder: error.",
+    )  # fmt: skip
+    min_class_share: float = Field(
+        0.02, ge=0, le=1, description="Smallest share of train boxes per class: warning."
+    )
+    max_class_share: float = Field(
+        0.5, ge=0, le=1, description="Largest share of train boxes per class: warning."
+    )
+    require_all_classes: bool = Field(
+        False, description="A class with no train image is an error (else only the share warning)."
+    )
+    max_class_mix_change: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Largest change of a class's share of train boxes against the previous "
+        "revision, in absolute share (0.05 = 5 points): warning.",
+    )
+    workers: int = Field(
+        2, ge=1, le=64, description="Processes that decode images (1 = in the calling process)."
+    )
+
+    @field_validator("max_class_share")
+    @classmethod
+    def _share_bounds(cls, value: float, info) -> float:  # info: pydantic ValidationInfo
+        low = info.data.get("min_class_share")
+        if low is not None and low > value:
+            raise ValueError(f"must be at least min_class_share ({low}), got {value}")
+        return value
 
 
 class TrainParams(_Section):
@@ -140,11 +214,45 @@ class TrainParams(_Section):
 
 
 class GateParams(_Section):
-    min_map50: float = Field(0.25, ge=0, le=1)
-    min_map50_95: float = Field(0.1, ge=0, le=1)
-    min_improvement: float = Field(
-        0.0, description="Challenger mAP50 must beat the champion's by at least this."
+    """Rules of the evaluation gate (ml/evaluate.py). A model is promoted only if all pass."""
+
+    test_revision: str | None = Field(
+        None,
+        description="Data revision whose test split both models are evaluated on (a frozen test "
+        "set, independent of new training batches); None = the new revision's test split.",
     )
+    min_map50: float = Field(0.25, ge=0, le=1, description="Absolute floor on test mAP50.")
+    min_map50_95: float = Field(0.1, ge=0, le=1, description="Absolute floor on test mAP50-95.")
+    min_improvement: float = Field(
+        0.0,
+        ge=-1,
+        le=1,
+        description="Lower bound of the bootstrap confidence interval of (challenger mAP50 - "
+        "champion mAP50) must be at least this; 0 = the challenger must be better beyond noise.",
+    )
+    bootstrap_samples: int = Field(
+        200, ge=10, le=100_000, description="Resamples (with replacement) of the test images."
+    )
+    confidence: float = Field(
+        0.95, gt=0, lt=1, description="Two-sided confidence level of the bootstrap interval."
+    )
+    bootstrap_seed: int = Field(0, ge=0, description="Seed of the resampling (same seed, same CI).")
+    max_recall_regression: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Largest allowed drop of any class's test recall (champion - challenger).",
+    )
+    max_latency_ms: float | None = Field(
+        50.0,
+        gt=0,
+        description="Budget for the median latency (ms) of the challenger's ONNX export on ONNX "
+        "Runtime, CPU, batch 1, serving image size; None = no latency rule.",
+    )
+    latency_images: int = Field(
+        20, ge=1, le=1000, description="Test images timed (one run each) for the median."
+    )
+    latency_warmup: int = Field(5, ge=0, le=100, description="Untimed runs before timing.")
 
 
 class DriftParams(_Section):

@@ -54,10 +54,13 @@ def evaluate(
     from ml import evaluate as evaluation
 
     settings, params = Settings(), _params(overrides)
+    frozen = params.gate.test_revision
+    test_set = data_registry.pull(settings, frozen) if frozen else dataset
     out_dir = settings.runs_dir / "gate" / f"v{model.version}"
     return evaluation.gate(
-        model, trained.weights, dataset, params.train.imgsz, params.gate, settings, out_dir
-    )
+        model, trained.weights, test_set, params.train.imgsz, params.gate, settings, out_dir,
+        challenger_onnx=trained.onnx,
+    )  # fmt: skip
 
 
 def champion_dataset() -> DatasetRef | None:

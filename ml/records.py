@@ -52,14 +52,46 @@ class EvalResult(Record):
     map50: float
     map50_95: float
     per_class_recall: dict[str, float]
+    revision: str | None = None  # data revision whose test split was used
+    images: int | None = None  # test images evaluated
+    stats_path: Path | None = None  # .npz of per-image stats (tp, conf, classes): bootstrap input
 
 
 class GateResult(Record):
+    class Check(Record):
+        """One rule of the gate: what was measured, against what, and the verdict."""
+
+        rule: str  # e.g. "min_map50"
+        value: str  # measured, formatted
+        threshold: str  # the rule's bound, formatted
+        passed: bool
+        reason: str  # "PASS: ..." / "FAIL: ..."
+
+    class Bootstrap(Record):
+        """Paired bootstrap of (challenger - champion) mAP50 over the test images."""
+
+        map50_diff: float  # on the full test split
+        low: float  # confidence interval of the difference
+        high: float
+        confidence: float
+        samples: int
+        images: int
+        seed: int
+        seconds: float
+
     passed: bool
     reasons: list[str]
     challenger: EvalResult
     champion: EvalResult | None
     report_path: Path
+    test_revision: str | None = None  # data revision whose test split both models were scored on
+    checks: list[GateResult.Check] = []
+    bootstrap: GateResult.Bootstrap | None = None  # None without a champion
+    latency_ms: float | None = None  # median ONNX Runtime CPU latency of the challenger
+    markdown_path: Path | None = None
+
+
+GateResult.model_rebuild()
 
 
 class DriftResult(Record):

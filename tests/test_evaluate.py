@@ -1,0 +1,204 @@
+"""The gate's measurements: per-image stats, the paired bootstrap, ONNX latency.
+
+The bootstrap runs on synthetic per-image stats; `evaluate` and the latency run on a tiny
+untrained YOLOv8n (built from YAML, nothing downloaded) over a few drawn test images at 64 px.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_settings
+from ml import sample_data, yolo
+from ml.config import EMOTIONS, GateParams
+from ml.evaluate import (
+    ImageStats,
+    bootstrap_map50_diff,
+    decide,
+    evaluate,
+    gate,
+    map50,
+    measure_latency,
+    same_images,
+    split_images,
+)
+from ml.records import DatasetRef, EvalResult, ModelRef
+
+IMGSZ = 64
+NC = len(EMOTIONS)
+
+
+def synthetic(skill: float, images: int = 300, seed: int = 0) -> ImageStats:
+    """One labelled face per image. With probability `skill` the model's best box is right
+    (class and IoU) and confident; else it is wrong. Every image also gets two low-confidence
+    false positives, and labels depend only on the image index, as on a real test split."""
+    labels = np.random.default_rng(1234).integers(0, NC, images)
+    rng = np.random.default_rng(seed)
+    per_image = []
+    for i, label in enumerate(labels):
+        right = rng.random() < skill
+        best_cls = label if right else (label + rng.integers(1, NC)) % NC
+        tp = np.zeros((3, 10), bool)
+        tp[0, : rng.integers(1, 11)] = right  # correct at the first few IoU thresholds
+        per_image.append({
+            "im_name": f"img_{i:04d}.png",
+            "tp": tp,
+            "conf": np.array([rng.uniform(0.5, 1.0), *rng.uniform(0.0, 0.6, 2)]),
+            "pred_cls": np.array([best_cls, *rng.integers(0, NC, 2)], float),
+            "target_cls": np.array([label], float),
+        })  # fmt: skip
+    return ImageStats.from_images(per_image)
+
+
+# ------------------------------------------------------------------------ per-image stats
+
+
+def test_map50_matches_ultralytics_ap_per_class(tmp_path: Path):
+    yolo.load(tmp_path)
+    from ultralytics.utils.metrics import ap_per_class
+
+    stats = synthetic(0.6)
+    ap = ap_per_class(stats.tp, stats.conf, stats.pred_cls, stats.target_cls)[5]
+    assert map50(stats) == pytest.approx(ap[:, 0].mean(), abs=1e-12)
+    assert 0.3 < map50(stats) < 0.9
+
+
+def test_image_stats_round_trip_sorted_by_name(tmp_path: Path):
+    stats = synthetic(0.5, images=20)
+    shuffled = ImageStats.from_images([
+        {"im_name": str(name), "tp": stats.tp[a:b], "conf": stats.conf[a:b],
+         "pred_cls": stats.pred_cls[a:b], "target_cls": stats.target_cls[c:d]}
+        for name, a, b, c, d in reversed(list(zip(
+            stats.names, stats.pred_start, stats.pred_start[1:], stats.target_start,
+            stats.target_start[1:], strict=False)))
+    ])  # fmt: skip
+    loaded = ImageStats.load(shuffled.save(tmp_path / "s.npz"))
+    for key in ImageStats.__dataclass_fields__:
+        np.testing.assert_array_equal(getattr(loaded, key), getattr(stats, key))
+
+
+# ------------------------------------------------------------------------------ bootstrap
+
+
+def test_identical_models_do_not_promote():
+    stats = synthetic(0.6)
+    b = bootstrap_map50_diff(stats, stats, samples=200, confidence=0.95, seed=0)
+    assert b.low <= 0 <= b.high and b.map50_diff == 0
+    params = GateParams(min_improvement=0.01, max_latency_ms=None)
+    base = EvalResult(version=1, map50=0.6, map50_95=0.4, per_class_recall={}, revision="r1")
+    passed, reasons = decide(base.model_copy(update={"version": 2}), base, params, b)
+    assert not passed
+    assert any(r.startswith("FAIL: mAP50 gain over champion v1 +0.000") for r in reasons)
+
+
+def test_equally_good_models_have_an_interval_around_zero():
+    b = bootstrap_map50_diff(synthetic(0.6, seed=1), synthetic(0.6, seed=2), 200, 0.95, seed=0)
+    assert b.low < 0 < b.high
+    assert b.low < 0.01  # so min_improvement 0.01 refuses
+
+
+def test_a_clearly_better_model_has_a_positive_lower_bound():
+    better, worse = synthetic(0.85, seed=1), synthetic(0.5, seed=2)
+    b = bootstrap_map50_diff(better, worse, samples=200, confidence=0.95, seed=0)
+    assert b.map50_diff == pytest.approx(map50(better) - map50(worse))
+    assert 0 < b.low < b.map50_diff < b.high
+    again = bootstrap_map50_diff(better, worse, samples=200, confidence=0.95, seed=0)
+    assert (again.low, again.high) == (b.low, b.high)  # seeded
+    wider = bootstrap_map50_diff(better, worse, samples=200, confidence=0.99, seed=0)
+    assert wider.low <= b.low and wider.high >= b.high
+
+
+def test_bootstrap_needs_the_same_images_in_the_same_order():
+    stats = synthetic(0.6, images=50)
+    other = synthetic(0.6, images=49)
+    with pytest.raises(ValueError, match="same test images in the same order"):
+        bootstrap_map50_diff(stats, other, 20, 0.95)
+    renamed = ImageStats(**{**stats.__dict__, "names": stats.names[::-1].copy()})
+    with pytest.raises(ValueError, match="same order"):
+        same_images(stats, renamed)
+    relabelled = ImageStats(**{**stats.__dict__, "target_cls": (stats.target_cls + 1) % NC})
+    with pytest.raises(ValueError, match="different labels"):
+        same_images(stats, relabelled)
+
+
+# ------------------------------------------------------------------- a real tiny model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, DatasetRef]:
+    """(weights, onnx, dataset): an untrained YOLOv8n whose class scores spread over (0, 1)
+    (as in test_serving) and a drawn dataset with 12 test images."""
+    root = tmp_path_factory.mktemp("gate")
+    yolo.load(root / "ultralytics")
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    data = root / "data"
+    sample_data.generate(data, train=4, valid=4, test=12, seed=3)
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=NC, verbose=False)
+    model.names = dict(enumerate(EMOTIONS))
+    from PIL import Image
+
+    images = [np.asarray(Image.open(p).convert("RGB").resize((IMGSZ, IMGSZ)))
+              for p in sorted((data / "test" / "images").iterdir())]  # fmt: skip
+    batch = torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).copy()).float() / 255
+    heads = [branch[-1] for branch in model.model[-1].cv3]
+    logits: list[torch.Tensor] = []
+    hooks = [h.register_forward_hook(lambda _m, _i, out: logits.append(out)) for h in heads]
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.momentum = 1.0
+        model.train()(batch)
+        logits.clear()
+        model.eval()(batch)
+        for head, out in zip(heads, logits, strict=True):
+            head.weight.div_(out.std())
+            head.bias.sub_(out.mean()).div_(out.std())
+    for hook in hooks:
+        hook.remove()
+    weights = root / "tiny.pt"
+    torch.save({"model": model}, weights)
+    onnx = yolo.export_onnx(weights, IMGSZ, root / "ultralytics")
+    dataset = DatasetRef(revision="r9", commit="none", digest="none", path=data)
+    return weights, onnx, dataset
+
+
+def test_evaluate_writes_per_image_stats_that_reproduce_its_map(tiny, tmp_path: Path):
+    weights, _, dataset = tiny
+    settings = make_settings(tmp_path / "home")
+    result = evaluate(weights, dataset, IMGSZ, 3, settings, stats_dir=tmp_path / "gate")
+    assert result.stats_path == tmp_path / "gate" / "eval-v3.npz"
+    assert (result.revision, result.images) == ("r9", 12)
+    stats = ImageStats.load(result.stats_path)
+    names = sorted(p.name for p in (dataset.path / "test" / "images").iterdir())
+    assert stats.names.tolist() == names
+    labels = [int(line.split()[0]) for name in names
+              for line in (dataset.path / "test" / "labels" / name).with_suffix(".txt")
+              .read_text().splitlines()]  # fmt: skip
+    assert stats.target_cls.tolist() == labels
+    assert stats.tp.shape == (len(stats.conf), 10) and len(stats.conf) > 0
+    assert map50(stats) == pytest.approx(result.map50, abs=1e-9)
+
+
+def test_latency_of_the_onnx_export_is_measured(tiny):
+    _, onnx, dataset = tiny
+    images = split_images(dataset, 5)
+    assert len(images) == 5
+    ms = measure_latency(onnx, images, imgsz=IMGSZ, warmup=2)
+    assert math.isfinite(ms) and 0 < ms < 1000
+    with pytest.raises(ValueError, match="no images"):
+        measure_latency(onnx, [], IMGSZ)
+
+
+def test_gate_refuses_a_test_set_other_than_the_frozen_revision(tiny, tmp_path: Path):
+    weights, onnx, dataset = tiny
+    ref = ModelRef(name="m", version=2, run_id="none")
+    params = GateParams(test_revision="r1")
+    with pytest.raises(ValueError, match="gate.test_revision is 'r1'.*revision 'r9'"):
+        gate(ref, weights, dataset, IMGSZ, params, make_settings(tmp_path), tmp_path, onnx)
