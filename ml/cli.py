@@ -238,7 +238,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
     index = settings.reports_dir / "index.html"
     print(f"""
 Done in {time.monotonic() - started:.0f} s. What is running and where to look:
-  Bento service  {settings.service_url}  (POST /predict, GET /health, GET /ready, docs at /docs)
+  Bento service  {settings.service_url}  (POST /predict, /predict/batch; GET /health, /ready, /metrics, /docs)
   MLflow UI      {settings.mlflow_tracking_uri}  (model '{settings.model_name}', alias champion)
   Drift reports  file://{index}
   Airflow UI     start it with: .venv/bin/emoflow airflow standalone  -> http://127.0.0.1:{settings.airflow_port}

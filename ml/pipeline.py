@@ -7,6 +7,10 @@ sets through the DAG's Params (None = keep params.yaml).
 
 from __future__ import annotations
 
+import logging
+
+import httpx
+
 from ml import data_registry, registry
 from ml.config import Params, Settings, load_params
 from ml.lineage import lineage_tags
@@ -19,6 +23,8 @@ from ml.records import (
     ValidationResult,
 )
 
+log = logging.getLogger("emoflow.pipeline")
+
 
 def _params(overrides: dict | None) -> Params:
     return load_params(Settings().params_file, overrides={"train": overrides or {}})
@@ -29,11 +35,15 @@ def pull(revision: str = "latest") -> DatasetRef:
 
 
 def validate(dataset: DatasetRef) -> ValidationResult:
-    """Validate the revision; raises `InvalidDataError` (the run stops) when it has errors."""
+    """Validate the revision (class mix against the one before it); raises `InvalidDataError`
+    (the run stops) when it has errors."""
     from ml import validate as validation
 
     settings = Settings()
-    result = validation.validate(dataset, _params(None).validate_, settings.home / "gx")
+    names = [revision.name for revision in data_registry.revisions(settings)]
+    position = names.index(dataset.revision) if dataset.revision in names else 0
+    previous = data_registry.pull(settings, names[position - 1]) if position > 0 else None
+    result = validation.validate(dataset, _params(None).validate_, settings.home / "gx", previous)
     return validation.ensure_valid(result)
 
 
@@ -74,10 +84,13 @@ def champion_dataset() -> DatasetRef | None:
 
 
 def promote(model: ModelRef, gate: GateResult) -> PromoteResult:
-    """Move `champion` to the challenger only when the gate passed."""
+    """Move `champion` to the challenger only when the gate passed, then tell the service."""
     settings = Settings()
     if gate.passed:
-        return registry.promote(settings, model.version, reason="; ".join(gate.reasons))
+        result = registry.promote(settings, model.version, reason="; ".join(gate.reasons))
+        if result.promoted:
+            log.info("service: %s", request_reload(settings))
+        return result
     current = registry.version_by_alias(settings, registry.CHAMPION)
     previous = registry.version_by_alias(settings, registry.PREVIOUS)
     return PromoteResult(
@@ -86,3 +99,17 @@ def promote(model: ModelRef, gate: GateResult) -> PromoteResult:
         previous=previous.version if previous else None,
         reason="gate refused: " + "; ".join(r for r in gate.reasons if r.startswith("FAIL")),
     )
+
+
+def request_reload(settings: Settings) -> str:
+    """Ask a running service to load the new champion now; it also finds it by polling."""
+    if not settings.serve_reload_token:
+        return f"reload not requested (no token); it polls every {settings.serve_poll_seconds} s"
+    try:
+        response = httpx.post(
+            f"{settings.service_url}/reload", timeout=120,
+            headers={"Authorization": f"Bearer {settings.serve_reload_token}"},
+        )  # fmt: skip
+    except httpx.HTTPError as exc:
+        return f"not reachable at {settings.service_url} ({type(exc).__name__}); it loads on start"
+    return f"reload answered {response.status_code}: {response.text[:200]}"

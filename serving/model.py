@@ -167,11 +167,8 @@ class ServedModel:
     detector: Detector
 
 
-def load_champion(settings: Settings) -> ServedModel | None:
-    """The version the alias `champion` points at, downloaded and opened; None if there is none."""
-    ref = registry.version_by_alias(settings, registry.CHAMPION)
-    if ref is None:
-        return None
+def load_version(settings: Settings, ref: ModelRef) -> ServedModel:
+    """A registered version, downloaded and opened (the caller decides when to serve it)."""
     dst = settings.home / "serving" / f"{ref.name}-v{ref.version}"
     dst.mkdir(parents=True, exist_ok=True)
     onnx_path = registry.download_onnx(settings, ref, dst)

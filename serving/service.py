@@ -4,61 +4,130 @@ Routes are FastAPI methods of the service class (`@bentoml.asgi_app`), so the se
 the upload itself: BentoML's own `PIL.Image` input answers 500 (or fetches a text part as a
 URL) before any of our code runs. Every bad input gets a 4xx JSON `{"error", "detail"}`.
 
-    POST /predict   multipart field `image` (PNG, JPEG, WEBP or BMP) -> faces and emotions
-    GET  /health    liveness
-    GET  /ready     200 with the model version once the champion is loaded, else 503
-    GET  /reports/  the drift report pages (the files under <home>/reports)
+    POST /predict        multipart file field `image` (PNG, JPEG, WEBP or BMP) -> faces, emotions
+    POST /predict/batch  multipart file fields `images` (at most 32) -> one answer per image
+    POST /reload         serve the version `champion` names now (bearer token)
+    GET  /health         liveness
+    GET  /ready          200 with the model version once the champion is loaded, else 503
+    GET  /reports/       the drift report pages (the files under <home>/reports)
+    GET  /metrics        Prometheus (served by BentoML; ours are the `emoflow_*` series)
+
+Every response of these routes carries the served version in the header `X-Model-Version`,
+and every JSON body in `model_version`. What is served follows the alias `champion`: a poll
+every `serve_poll_seconds` and POST /reload load the new version beside the old one, then
+move one reference; a request in flight finishes on the model it started with.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hmac
 import io
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
+from http import HTTPStatus
 
 import bentoml
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from PIL import Image, ImageOps
+from prometheus_client import Counter, Gauge, Histogram
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from ml import registry
 from ml.config import Settings
-from serving.model import Face, ServedModel, load_champion
+from serving.model import Face, ServedModel, load_version
 
 logger = logging.getLogger(__name__)
 
-MAX_UPLOAD_BYTES = 10 * 1024 * 1024
-MAX_PIXELS = 25_000_000
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
-IMAGE_FIELD = "image"
+IMAGE_FIELD, BATCH_FIELD = "image", "images"
+MAX_BATCH = 32
+VERSION_HEADER = "X-Model-Version"
+
+# BentoML answers GET /metrics itself, before our app, from prometheus_client's multiprocess
+# files; metrics made with prometheus_client in the worker are written there and show up.
+REQUESTS = Counter(
+    "emoflow_requests", "Requests answered, by route and status.", ["method", "route", "status"]
+)
+LATENCY = Histogram(
+    "emoflow_request_duration_seconds", "Seconds from request to response head, by route.",
+    ["route"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)  # fmt: skip
+MODEL_VERSION = Gauge(
+    "emoflow_model_version", "Registry version of the served model (0: none).",
+    multiprocess_mode="livemostrecent",
+)  # fmt: skip
 
 app = FastAPI(title="emoflow emotion service")
 
 
-class BadInput(Exception):
-    """A request the service cannot use; becomes a JSON `{"error", "detail"}` with `status`."""
+def multipart_body(field: str, max_items: int) -> dict:
+    """OpenAPI of a multipart upload of image files in `field` (the routes read it themselves)."""
+    binary = {"type": "string", "format": "binary"}
+    files = {"type": "array", "items": binary, "minItems": 1, "maxItems": max_items}
+    schema = {"type": "object", "required": [field], "properties": {field: files}}
+    return {
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+    }
 
-    def __init__(self, status: int, error: str, detail: str) -> None:
+
+class ApiError(Exception):
+    """A request the service cannot answer; becomes a JSON `{"error", "detail", ...}`."""
+
+    def __init__(self, status: int, error: str, detail: str, **extra: object) -> None:
         super().__init__(f"{error}: {detail}")
-        self.status, self.error, self.detail = status, error, detail
+        self.status, self.error, self.detail, self.extra = status, error, detail, extra
 
 
-@app.exception_handler(BadInput)
-async def _bad_input(_: Request, exc: BadInput) -> JSONResponse:
-    return error_response(exc.status, exc.error, exc.detail)
+def current_version() -> int | None:
+    served = bentoml.get_current_service().served
+    return served.ref.version if served else None
 
 
-def error_response(status: int, error: str, detail: str) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail}, status_code=status)
+def error_response(
+    status: int, error: str, detail: str, headers: dict | None = None, **extra: object
+) -> JSONResponse:
+    body = {"error": error, "detail": detail, **extra, "model_version": current_version()}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _too_large(limit: int) -> BadInput:
-    return BadInput(413, "upload too large", f"the request body exceeds {limit} bytes")
+@app.exception_handler(ApiError)
+async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    return error_response(exc.status, exc.error, exc.detail, **exc.extra)
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    """FastAPI's own errors (a wrong method, say) in the same JSON shape."""
+    error = HTTPStatus(exc.status_code).phrase.lower()
+    return error_response(exc.status_code, error, str(exc.detail), headers=exc.headers)
+
+
+@app.middleware("http")
+async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]):
+    """Count and time every request by its route template; stamp the served version."""
+    start, status = time.perf_counter(), 500
+    try:
+        response = await call_next(request)
+        status = response.status_code
+        response.headers.setdefault(VERSION_HEADER, str(current_version()))
+        return response
+    finally:
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        REQUESTS.labels(request.method, route, str(status)).inc()
+        LATENCY.labels(route).observe(time.perf_counter() - start)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "upload too large", f"the request body exceeds {limit} bytes")
 
 
 async def _bounded(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
@@ -70,78 +139,96 @@ async def _bounded(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[by
         yield chunk
 
 
-async def read_upload(request: Request) -> bytes:
-    """The bytes of the multipart file field `image`, at most MAX_UPLOAD_BYTES in all."""
+async def read_files(request: Request, field: str, max_files: int, limit: int) -> list[bytes]:
+    """The bytes of each multipart file in `field` (1 to `max_files`), at most `limit` in all."""
     content_type = request.headers.get("content-type", "")
     if content_type.split(";")[0].strip().lower() != "multipart/form-data":
-        raise BadInput(
+        raise ApiError(
             415, "unsupported media type",
-            f"expected multipart/form-data with a file field '{IMAGE_FIELD}', "
+            f"expected multipart/form-data with a file field '{field}', "
             f"got {content_type or 'no content type'}",
         )  # fmt: skip
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
-        raise _too_large(MAX_UPLOAD_BYTES)
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
     parser = MultiPartParser(
-        request.headers, _bounded(request.stream(), MAX_UPLOAD_BYTES), max_files=1, max_fields=8
+        request.headers, _bounded(request.stream(), limit), max_files=max_files, max_fields=8
     )
     try:
         form = await parser.parse()
     except MultiPartException as exc:
-        raise BadInput(400, "malformed multipart body", exc.message) from None
+        raise ApiError(400, "bad multipart body", exc.message) from None
     try:
-        upload = form.get(IMAGE_FIELD)
-        if upload is None:
+        uploads = form.getlist(field)
+        if not uploads:
             fields = ", ".join(f"'{key}'" for key in form.keys()) or "none"
-            raise BadInput(
-                400, "missing field",
-                f"expected a file field '{IMAGE_FIELD}'; fields sent: {fields}",
-            )  # fmt: skip
-        if not isinstance(upload, UploadFile):
-            raise BadInput(
-                400, "not a file", f"field '{IMAGE_FIELD}' must be a file upload, not a text value"
+            raise ApiError(
+                400, "missing field", f"expected a file field '{field}'; fields sent: {fields}"
             )
-        data = await upload.read()
+        if not all(isinstance(upload, UploadFile) for upload in uploads):
+            raise ApiError(
+                400, "not a file", f"field '{field}' must be a file upload, not a text value"
+            )
+        files = [await upload.read() for upload in uploads]
     finally:
         await form.close()
-    if not data:
-        raise BadInput(400, "empty file", f"the file in field '{IMAGE_FIELD}' has no bytes")
-    return data
+    for index, data in enumerate(files):
+        if not data:
+            raise ApiError(
+                400, "empty file", f"file {index} in field '{field}' has no bytes", index=index
+            )
+    return files
 
 
-def decode_image(data: bytes) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """Image bytes -> (H, W, 3) uint8 RGB, upright per its EXIF orientation."""
     try:
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise BadInput(
+            if image.width * image.height > max_pixels:
+                raise ApiError(
                     413, "image too large",
-                    f"{image.width}x{image.height} pixels; at most {MAX_PIXELS} are accepted",
+                    f"{image.width}x{image.height} pixels; at most {max_pixels} are accepted",
                 )  # fmt: skip
             image.load()
             upright = ImageOps.exif_transpose(image)
+            if upright.mode.startswith("I"):  # 16-bit grey: Pillow's convert would clip to 255
+                upright = Image.fromarray((np.asarray(upright) >> 8).clip(0, 255).astype(np.uint8))
             return np.asarray(upright.convert("RGB"))
-    except BadInput:
+    except ApiError:
         raise
     except Image.DecompressionBombError as exc:
-        raise BadInput(413, "image too large", str(exc)) from None
+        raise ApiError(413, "image too large", str(exc)) from None
     except Image.UnidentifiedImageError:
-        raise BadInput(
+        raise ApiError(
             400, "not an image", f"the upload is not a {', '.join(IMAGE_FORMATS)} image"
         ) from None
     except Exception as exc:  # anything Pillow raises while decoding untrusted bytes
-        raise BadInput(400, "unreadable image", f"{type(exc).__name__}: {exc}") from None
+        raise ApiError(400, "unreadable image", f"{type(exc).__name__}: {exc}") from None
 
 
-def prediction(served: ServedModel, faces: list[Face], width: int, height: int) -> dict:
+def decode_images(files: list[bytes], max_pixels: int) -> list[np.ndarray]:
+    """Every image decoded, or the first bad one's error naming its index."""
+    images = []
+    for index, data in enumerate(files):
+        try:
+            images.append(decode_image(data, max_pixels))
+        except ApiError as exc:
+            raise ApiError(
+                exc.status, exc.error, f"image {index}: {exc.detail}", index=index
+            ) from None
+    return images
+
+
+def prediction(served: ServedModel, image: np.ndarray) -> dict:
+    faces: list[Face] = served.detector.predict(image)
     best = faces[0] if faces else None
     return {
         "emotion": best.emotion if best else None,
         "confidence": best.confidence if best else None,
         "faces": [asdict(face) for face in faces],
         "model_version": served.ref.version,
-        "width": width,
-        "height": height,
+        "width": image.shape[1],
+        "height": image.shape[0],
     }
 
 
@@ -153,53 +240,127 @@ class EmotionService:
     def __init__(self) -> None:
         self.settings = Settings()
         self.load_error: str | None = None
-        self.served: ServedModel | None = None
-        try:
-            self.served = load_champion(self.settings)
-        except Exception as exc:  # the service stays up and says why in /ready
-            logger.exception("could not load the champion model")
-            self.load_error = f"{type(exc).__name__}: {exc}"
+        self.served: ServedModel | None = None  # swapped whole: one reference, one assignment
+        self.reload_lock = asyncio.Lock()
+        self.poller: asyncio.Task | None = None
         # One inference at a time, off the event loop; ONNX Runtime uses the cores.
         self.inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
 
-    def _not_ready(self) -> JSONResponse:
+    @bentoml.on_startup
+    async def _start(self) -> None:
+        with contextlib.suppress(Exception):  # the service stays up and says why in /ready
+            await self.follow_champion()
+        if self.settings.serve_poll_seconds > 0:
+            self.poller = asyncio.create_task(self._poll())
+
+    @bentoml.on_shutdown
+    async def _stop(self) -> None:
+        if self.poller is not None:
+            self.poller.cancel()
+        self.inference.shutdown(wait=False)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.serve_poll_seconds)
+            with contextlib.suppress(Exception):  # logged; the served model stays
+                await self.follow_champion()
+
+    async def follow_champion(self) -> dict:
+        """Serve the version `champion` names if it is not the one served: load it beside the
+        current one (download, inference session), then swap the reference."""
+        async with self.reload_lock:
+            old = self.served
+            try:
+                ref = await asyncio.to_thread(
+                    registry.version_by_alias, self.settings, registry.CHAMPION
+                )
+                if ref is not None and (old is None or old.ref.version != ref.version):
+                    self.served = await asyncio.to_thread(load_version, self.settings, ref)
+                self.load_error = None
+            except Exception as exc:
+                logger.exception("could not load the champion model")
+                self.load_error = f"{type(exc).__name__}: {exc}"
+                raise
+            version = self.served.ref.version if self.served else None
+            MODEL_VERSION.set(version or 0)
+            return {
+                "reloaded": self.served is not old,
+                "previous_version": old.ref.version if old else None,
+                "model_version": version,
+            }
+
+    def _model(self) -> ServedModel:
+        if self.served is not None:
+            return self.served
         if self.load_error:
-            return error_response(503, "model not loaded", self.load_error)
-        return error_response(
+            raise ApiError(503, "model not loaded", self.load_error)
+        raise ApiError(
             503, "no model",
             f"no version of '{self.settings.model_name}' is registered as champion "
             f"in {self.settings.mlflow_tracking_uri}",
         )  # fmt: skip
 
+    async def _infer(self, served: ServedModel, run: Callable[[], object]) -> JSONResponse:
+        """`run` in the inference thread; the answer names the version that made it."""
+        body = await asyncio.get_running_loop().run_in_executor(self.inference, run)
+        return JSONResponse(body, headers={VERSION_HEADER: str(served.ref.version)})
+
     @app.get("/health")
     async def health(self) -> dict:
-        return {"status": "ok"}
+        return {"status": "ok", "model_version": current_version()}
 
     @app.get("/ready")
-    async def ready(self) -> JSONResponse:
-        if self.served is None:
-            return self._not_ready()
-        return JSONResponse({"model": self.served.ref.name, "version": self.served.ref.version})
+    async def ready(self) -> dict:
+        served = self._model()
+        return {
+            "model": served.ref.name, "version": served.ref.version,
+            "model_version": served.ref.version,
+        }  # fmt: skip
+
+    @app.post("/reload")
+    async def reload(self, request: Request) -> JSONResponse:
+        token = self.settings.serve_reload_token
+        if not token:
+            raise ApiError(
+                403, "reload disabled", "set EMOFLOW_SERVE_RELOAD_TOKEN to enable POST /reload"
+            )
+        sent = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(sent, f"Bearer {token}".encode()):
+            return error_response(
+                401, "unauthorized", "expected the header 'Authorization: Bearer <reload token>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )  # fmt: skip
+        start = time.perf_counter()
+        try:
+            result = await self.follow_champion()
+        except Exception as exc:
+            raise ApiError(502, "reload failed", self.load_error or str(exc)) from None
+        return JSONResponse({**result, "seconds": round(time.perf_counter() - start, 3)})
 
     @app.get("/reports/{path:path}")
     async def reports(self, path: str) -> Response:
         root = self.settings.reports_dir.resolve()
         target = (root / (path or "index.html")).resolve()
         if not target.is_relative_to(root) or not target.is_file():
-            return error_response(404, "not found", f"no report named {path!r} in {root}")
+            raise ApiError(404, "not found", f"no report named {path!r} in {root}")
         return FileResponse(target)
 
-    @app.post("/predict")
+    @app.post("/predict", openapi_extra=multipart_body(IMAGE_FIELD, 1))
     async def predict(self, request: Request) -> JSONResponse:
-        served = self.served
-        if served is None:
-            return self._not_ready()
-        data = await read_upload(request)
+        served = self._model()
+        (data,) = await read_files(request, IMAGE_FIELD, 1, self.settings.max_upload_bytes)
+        return await self._infer(
+            served, lambda: prediction(served, decode_image(data, self.settings.max_pixels))
+        )
+
+    @app.post("/predict/batch", openapi_extra=multipart_body(BATCH_FIELD, MAX_BATCH))
+    async def predict_batch(self, request: Request) -> JSONResponse:
+        served = self._model()
+        files = await read_files(request, BATCH_FIELD, MAX_BATCH, self.settings.max_upload_bytes)
 
         def run() -> dict:
-            image = decode_image(data)
-            faces = served.detector.predict(image)
-            return prediction(served, faces, width=image.shape[1], height=image.shape[0])
+            images = decode_images(files, self.settings.max_pixels)
+            answers = [prediction(served, image) for image in images]
+            return {"predictions": answers, "model_version": served.ref.version}
 
-        body = await asyncio.get_running_loop().run_in_executor(self.inference, run)
-        return JSONResponse(body, headers={"X-Model-Version": str(served.ref.version)})
+        return await self._infer(served, run)

@@ -1,7 +1,9 @@
 """End to end: the real DAG through Airflow, a real MLflow server, the real Bento service.
 
-One cycle on a tiny generated dataset. The gate's floors are zero in this test's params so the
-2-epoch model can become champion (the gate itself is tested in test_gate and test_training).
+Cycles on a tiny generated dataset. The gate's floors are zero in this test's params so the
+2-epoch model can become champion; a later challenger must beat it by 0.01 mAP50 on the lower
+bound of the bootstrap interval, which a 1-epoch model cannot (the rules themselves are tested
+in test_gate and test_evaluate).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ pytestmark = pytest.mark.e2e
 TINY_PARAMS = {
     "sample": {"seed": 0, "train": 48, "valid": 16, "test": 16},
     "train": {"epochs": 2, "imgsz": 64, "batch": 16, "workers": 0},
-    "gate": {"min_map50": 0.0, "min_map50_95": 0.0, "min_improvement": -1.0},
+    "gate": {"min_map50": 0.0, "min_map50_95": 0.0, "min_improvement": 0.01},
     "drift": {"max_rows": 200},
 }
 
@@ -95,6 +97,28 @@ def test_the_service_serves_the_champion_over_http(cycle):
     assert "error" in text.json()
 
 
+def test_a_weaker_challenger_is_refused_and_a_forced_promotion_can_be_rolled_back(cycle):
+    settings, env, _ = cycle
+    emoflow(env, "data", "add-batch", "--sample", "--seed", "7", "--note", "cycle two")
+    revision = data_registry.revisions(settings)[-1].name
+    run = emoflow(env, "run", "--revision", revision, "--epochs", "1")
+    assert "task promote: success" in run.stdout
+    client = registry.client(settings)
+    challenger = registry.version_by_alias(settings, registry.CHALLENGER)
+    assert challenger.version == 2
+    tags = client.get_model_version(settings.model_name, "2").tags
+    assert tags["gate"] == "refused" and tags["data_revision"] == revision
+    assert registry.version_by_alias(settings, registry.CHAMPION).version == 1
+    gate_files = client.list_artifacts(challenger.run_id, "gate")
+    assert any(f.path.endswith(".md") for f in gate_files)
+
+    emoflow(env, "model", "promote", "2")
+    assert registry.version_by_alias(settings, registry.CHAMPION).version == 2
+    emoflow(env, "model", "rollback")
+    assert registry.version_by_alias(settings, registry.CHAMPION).version == 1
+    assert registry.version_by_alias(settings, registry.PREVIOUS).version == 2
+
+
 def test_a_bad_batch_stops_the_run_before_training_and_keeps_the_champion(cycle, tmp_path):
     settings, env, _ = cycle
     batch = tmp_path / "bad"
@@ -109,17 +133,20 @@ def test_a_bad_batch_stops_the_run_before_training_and_keeps_the_champion(cycle,
     (batch / "train" / "labels" / "bad0.txt").write_text("9 0.5 0.5 0.6 0.6\n")
     (batch / "valid" / "labels" / "bad1.txt").write_text("3 0.5 0.5 1.4 0.6\n")
     emoflow(env, "data", "add-batch", "--from", str(batch), "--note", "broken labels")
+    bad_revision = data_registry.revisions(settings)[-1].name
+    client = registry.client(settings)
+    versions_before = len(client.search_model_versions(f"name='{settings.model_name}'"))
+    experiment = client.get_experiment_by_name("emotion-detector")
+    runs_before = len(client.search_runs([experiment.experiment_id]))
 
     run = emoflow(env, "run", check=False)
     assert run.returncode == 2
     log = Path(run.stderr.split("see ")[-1].strip())
     text = log.read_text()
-    assert "InvalidDataError" in text and "r2:" in text
+    assert "InvalidDataError" in text and f"{bad_revision}:" in text
     assert "train/labels/bad0.txt" in text and "valid/labels/bad1.txt" in text
-    # Training never started: the only MLflow run is cycle one's.
-    client = registry.client(settings)
-    experiment = client.get_experiment_by_name("emotion-detector")
-    assert len(client.search_runs([experiment.experiment_id])) == 1
+    # Training never started: no new MLflow run.
+    assert len(client.search_runs([experiment.experiment_id])) == runs_before
     assert registry.version_by_alias(settings, registry.CHAMPION).version == 1
     versions = registry.client(settings).search_model_versions(f"name='{settings.model_name}'")
-    assert [v.version for v in versions] == ["1"]
+    assert len(versions) == versions_before

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
+import struct
+import threading
+import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,13 +19,17 @@ from PIL import Image, ImageDraw
 from conftest import free_port
 from ml import registry, services, yolo
 from ml.config import EMOTIONS, Settings
-from ml.records import DatasetRef, TrainResult
+from ml.pipeline import request_reload
+from ml.records import DatasetRef, ModelRef, TrainResult
 from serving.model import Detector, Letterbox, decode, letterbox, nms, unletterbox
-from serving.service import BadInput, decode_image
+from serving.service import ApiError, decode_image
 
 IMGSZ = 96
 HAPPY = EMOTIONS.index("happy")
 TEST_MODEL = "emotion-detector-serving-test"  # own registry name: other modules share the server
+MAX_PIXELS = Settings.model_fields["max_pixels"].default
+UPLOAD_LIMIT = 1024 * 1024  # the test service's max_upload_bytes
+RELOAD_TOKEN = "test-reload-token"
 
 
 def drawn_image(width: int = 160, height: int = 120, seed: int = 0) -> np.ndarray:
@@ -125,14 +134,14 @@ def test_decode_image_applies_exif_orientation() -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
     Image.new("RGB", (40, 20), (10, 200, 30)).save(buf, format="JPEG", exif=exif)
-    image = decode_image(buf.getvalue())
+    image = decode_image(buf.getvalue(), MAX_PIXELS)
     assert image.shape == (40, 20, 3) and image.dtype == np.uint8
 
 
 def test_decode_image_converts_to_rgb() -> None:
     buf = io.BytesIO()
     Image.new("L", (8, 6), 77).save(buf, format="PNG")
-    image = decode_image(buf.getvalue())
+    image = decode_image(buf.getvalue(), MAX_PIXELS)
     assert image.shape == (6, 8, 3) and (image == 77).all()
 
 
@@ -145,15 +154,14 @@ def test_decode_image_converts_to_rgb() -> None:
     ],
 )
 def test_decode_image_rejects_bad_bytes(data: bytes, status: int, error: str) -> None:
-    with pytest.raises(BadInput) as caught:
-        decode_image(data)
+    with pytest.raises(ApiError) as caught:
+        decode_image(data, MAX_PIXELS)
     assert (caught.value.status, caught.value.error) == (status, error)
 
 
-def test_decode_image_bounds_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("serving.service.MAX_PIXELS", 100)
-    with pytest.raises(BadInput) as caught:
-        decode_image(png_bytes(np.zeros((20, 20, 3), np.uint8)))
+def test_decode_image_bounds_pixels() -> None:
+    with pytest.raises(ApiError) as caught:
+        decode_image(png_bytes(np.zeros((20, 20, 3), np.uint8)), max_pixels=399)
     assert caught.value.status == 413
 
 
@@ -240,23 +248,16 @@ def test_detector_matches_ultralytics(
 # ---------------------------------------------------------------- the service over HTTP
 
 
-def _service_settings(base: Settings, home: Path, model_name: str) -> Settings:
+def _service_settings(base: Settings, home: Path, model_name: str, **values) -> Settings:
     return base.model_copy(
-        update={"home": home, "serve_port": free_port(), "model_name": model_name}
+        update={"home": home, "serve_port": free_port(), "model_name": model_name, **values}
     )
 
 
-@pytest.fixture(scope="module")
-def champion_settings(
-    mlflow_settings: Settings,
-    weights: Path,
-    onnx_path: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Settings:
-    """The fixture model logged, registered and promoted to champion in the real MLflow server."""
+def register_fixture_model(settings: Settings, weights: Path, onnx_path: Path) -> ModelRef:
+    """The fixture model logged in a new run and registered: a new version, same weights."""
     import mlflow
 
-    settings = _service_settings(mlflow_settings, tmp_path_factory.mktemp("serve-home"), TEST_MODEL)
     registry.client(settings)
     mlflow.set_experiment("test-serving")
     with mlflow.start_run() as run:
@@ -273,7 +274,22 @@ def champion_settings(
     dataset = DatasetRef(
         revision="test-fixture", commit="none", digest="none", path=weights.parent
     )  # an untrained model: it saw no data
-    ref = registry.register(train, dataset, {"source": "tests/test_serving.py"}, settings)
+    return registry.register(train, dataset, {"source": "tests/test_serving.py"}, settings)
+
+
+@pytest.fixture(scope="module")
+def champion_settings(
+    mlflow_settings: Settings,
+    weights: Path,
+    onnx_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Settings:
+    """The fixture model registered and promoted to champion in the real MLflow server."""
+    settings = _service_settings(
+        mlflow_settings, tmp_path_factory.mktemp("serve-home"), TEST_MODEL,
+        max_upload_bytes=UPLOAD_LIMIT, serve_reload_token=RELOAD_TOKEN, serve_poll_seconds=3,
+    )  # fmt: skip
+    ref = register_fixture_model(settings, weights, onnx_path)
     registry.promote(settings, ref.version, reason="test fixture")
     return settings
 
@@ -285,12 +301,74 @@ def service_url(champion_settings: Settings) -> Iterator[str]:
     services.stop(champion_settings, "service")
 
 
+def champion_version(settings: Settings) -> int:
+    return registry.version_by_alias(settings, registry.CHAMPION).version
+
+
 def test_health_and_ready(service_url: str, champion_settings: Settings) -> None:
-    assert httpx.get(f"{service_url}/health").json() == {"status": "ok"}
+    version = champion_version(champion_settings)
+    assert httpx.get(f"{service_url}/health").json() == {"status": "ok", "model_version": version}
     ready = httpx.get(f"{service_url}/ready")
-    champion = registry.version_by_alias(champion_settings, registry.CHAMPION)
     assert ready.status_code == 200
-    assert ready.json() == {"model": TEST_MODEL, "version": champion.version}
+    assert ready.json() == {"model": TEST_MODEL, "version": version, "model_version": version}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/health", 200),
+        ("GET", "/ready", 200),
+        ("GET", "/reports/nothing.html", 404),
+        ("GET", "/predict", 405),
+        ("POST", "/predict", 415),
+        ("POST", "/reload", 401),
+    ],
+)
+def test_every_answer_names_the_model_version(
+    service_url: str, champion_settings: Settings, method: str, path: str, status: int
+) -> None:
+    response = httpx.request(method, f"{service_url}{path}")
+    version = champion_version(champion_settings)
+    assert response.status_code == status, response.text
+    assert response.headers["X-Model-Version"] == str(version)
+    assert response.json()["model_version"] == version
+    if status >= 400:
+        assert response.json()["error"] and response.json()["detail"]
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """The Prometheus page at `url` as {(sample name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = httpx.get(f"{url}/metrics")
+    assert response.status_code == 200
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_count_requests_by_route_and_status(
+    service_url: str, champion_settings: Settings
+) -> None:
+    predict_ok = (("method", "POST"), ("route", "/predict"), ("status", "200"))
+    predict_bad = (("method", "POST"), ("route", "/predict"), ("status", "400"))
+    before = scrape(service_url)
+    for _ in range(3):
+        httpx.post(f"{service_url}/predict", **_upload(PNG, "image/png"))
+    httpx.post(f"{service_url}/predict", **_upload(b"text", "text/plain"))
+    after = scrape(service_url)
+
+    def grew(name: str, labels: tuple) -> float:
+        return after[(name, labels)] - before.get((name, labels), 0.0)
+
+    assert grew("emoflow_requests_total", predict_ok) == 3
+    assert grew("emoflow_requests_total", predict_bad) == 1
+    assert grew("emoflow_request_duration_seconds_count", (("route", "/predict"),)) == 4
+    assert grew("emoflow_request_duration_seconds_sum", (("route", "/predict"),)) > 0
+    assert after[("emoflow_model_version", ())] == champion_version(champion_settings)
+    assert any(name.startswith("bentoml_") for name, _ in after)  # BentoML's own still there
 
 
 def test_predict_png(service_url: str, champion_settings: Settings, onnx_path: Path) -> None:
@@ -326,11 +404,27 @@ def test_predict_jpeg_labelled_as_png(service_url: str) -> None:
     assert response.status_code == 200, response.text
 
 
+def png_header(width: int, height: int) -> bytes:
+    """A PNG of a few dozen bytes that declares `width` x `height` pixels (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
 def _upload(data: bytes, content_type: str, field: str = "image") -> dict:
     return {"files": {field: ("upload", data, content_type)}}
 
 
 PNG = png_bytes(drawn_image())
+TINY_PNG = png_bytes(drawn_image(16, 16))
 BAD_REQUESTS = [
     pytest.param(_upload(b"some text", "text/plain"), 400, "not an image", id="text"),
     pytest.param(_upload(PNG[:200], "image/png"), 400, "unreadable image", id="cut"),
@@ -344,11 +438,26 @@ BAD_REQUESTS = [
     pytest.param({"json": {"image": "aGVsbG8="}}, 415, "unsupported media type", id="json"),
     pytest.param(
         {"content": b"--x", "headers": {"content-type": "multipart/form-data"}},
-        400, "malformed multipart body", id="no-boundary",
+        400, "bad multipart body", id="no-boundary",
     ),
     pytest.param(
-        _upload(bytes(11 * 1024 * 1024), "image/png"),
+        _upload(bytes(UPLOAD_LIMIT + 1), "image/png"),
         413, "upload too large", id="too-large",
+    ),
+    pytest.param(
+        {"content": b"", "headers": {"content-type": "multipart/form-data; boundary=x"}},
+        400, "missing field", id="empty-multipart",
+    ),
+    pytest.param(_upload(b"GIF89a" + bytes(40), "image/gif"), 400, "not an image", id="gif"),
+    pytest.param(
+        _upload(png_header(6000, 6000), "image/png"), 413, "image too large", id="over-max-pixels"
+    ),
+    pytest.param(
+        _upload(png_header(100_000, 100_000), "image/png"), 413, "image too large", id="bomb"
+    ),
+    pytest.param(
+        {"files": [("image", ("a.png", PNG, "image/png")), ("image", ("b.png", PNG, "image/png"))]},
+        400, "bad multipart body", id="two-files",
     ),
 ]  # fmt: skip
 
@@ -373,8 +482,8 @@ def test_predict_bounds_a_chunked_upload(service_url: str) -> None:
 
     def body() -> Iterator[bytes]:  # no Content-Length: sent chunked
         yield head
-        for _ in range(11):
-            yield bytes(1024 * 1024)
+        for _ in range(UPLOAD_LIMIT // 65536 + 1):
+            yield bytes(65536)
         yield f"\r\n--{boundary}--\r\n".encode()
 
     response = httpx.post(
@@ -384,6 +493,129 @@ def test_predict_bounds_a_chunked_upload(service_url: str) -> None:
     )
     assert response.status_code == 413
     assert response.json()["error"] == "upload too large"
+
+
+def encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+def upright_exif_jpeg() -> tuple[bytes, np.ndarray]:
+    """A JPEG stored on its side with EXIF orientation 6, and the upright pixels it shows."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    data = encoded(Image.fromarray(np.rot90(drawn_image()).copy()), "JPEG", exif=exif, quality=95)
+    with Image.open(io.BytesIO(data)) as stored:  # the stored pixels, orientation ignored
+        return data, np.rot90(np.asarray(stored.convert("RGB")), k=-1)
+
+
+def image_cases() -> list:
+    """(upload bytes, the RGB pixels the service should see) for the modes and formats it takes."""
+    rgb = drawn_image()
+    grey = np.asarray(Image.fromarray(rgb).convert("L"))
+    grey16 = grey.astype(np.uint16) * 256 + 100  # 16-bit: the low byte must not matter
+    palette = Image.fromarray(rgb).quantize(64)
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])
+    return [
+        pytest.param(encoded(Image.fromarray(grey), "PNG"), np.dstack([grey] * 3), id="grey"),
+        pytest.param(encoded(Image.fromarray(rgba), "PNG"), rgb, id="rgba"),
+        pytest.param(
+            encoded(Image.fromarray(grey16), "PNG"), np.dstack([grey16 >> 8] * 3), id="png-16-bit"
+        ),
+        pytest.param(encoded(palette, "PNG"), np.asarray(palette.convert("RGB")), id="palette"),
+        pytest.param(*upright_exif_jpeg(), id="exif-rotated-jpeg"),
+    ]
+
+
+@pytest.mark.parametrize(("data", "pixels"), image_cases())
+def test_predict_takes_every_mode(
+    service_url: str, onnx_path: Path, data: bytes, pixels: np.ndarray
+) -> None:
+    response = httpx.post(f"{service_url}/predict", **_upload(data, "image/png"))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["width"], body["height"]) == (pixels.shape[1], pixels.shape[0])
+    expected = Detector(onnx_path).predict(pixels.astype(np.uint8))
+    assert [face["emotion"] for face in body["faces"]] == [face.emotion for face in expected]
+    for face, want in zip(body["faces"], expected, strict=True):
+        assert face["box"] == pytest.approx(want.box, abs=1e-3)
+
+
+def test_service_answers_after_bad_input(service_url: str) -> None:
+    """Runs after the bad-input tests above: the service is still up and serving."""
+    assert httpx.get(f"{service_url}/health").status_code == 200
+    assert httpx.post(f"{service_url}/predict", **_upload(PNG, "image/png")).status_code == 200
+
+
+def _batch(*files: bytes) -> dict:
+    return {"files": [("images", (f"{i}.png", data, "image/png")) for i, data in enumerate(files)]}
+
+
+def test_predict_batch_answers_in_order(service_url: str, champion_settings: Settings) -> None:
+    images = [drawn_image(160, 120, seed=1), drawn_image(90, 130, seed=2), drawn_image(64, 64)]
+    response = httpx.post(f"{service_url}/predict/batch", **_batch(*map(png_bytes, images)))
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    version = champion_version(champion_settings)
+    assert body["model_version"] == version == int(response.headers["X-Model-Version"])
+    answers = body["predictions"]
+    assert [(a["width"], a["height"]) for a in answers] == [(160, 120), (90, 130), (64, 64)]
+    single = httpx.post(f"{service_url}/predict", **_upload(png_bytes(images[1]), "image/png"))
+    assert answers[1] == single.json()
+
+
+@pytest.mark.parametrize(
+    ("files", "status", "error", "index"),
+    [
+        pytest.param((PNG, b"not an image", PNG), 400, "not an image", 1, id="text"),
+        pytest.param((PNG, PNG, PNG[:300]), 400, "unreadable image", 2, id="cut"),
+        pytest.param((png_header(10**5, 10**5),), 413, "image too large", 0, id="bomb"),
+        pytest.param((PNG, b""), 400, "empty file", 1, id="empty"),
+        pytest.param((TINY_PNG,) * 33, 400, "bad multipart body", None, id="too-many"),
+    ],
+)
+def test_predict_batch_names_the_bad_image(
+    service_url: str, files: tuple, status: int, error: str, index: int | None
+) -> None:
+    response = httpx.post(f"{service_url}/predict/batch", **_batch(*files))
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == error
+    assert response.json().get("index") == index
+
+
+def test_predict_batch_wants_the_images_field(service_url: str) -> None:
+    response = httpx.post(f"{service_url}/predict/batch", **_upload(PNG, "image/png"))
+    assert response.status_code == 400
+    assert "'images'" in response.json()["detail"]
+
+
+def test_fuzz_the_openapi_schema(service_url: str) -> None:
+    """Schemathesis: examples generated from /docs.json for each of our routes; none gives 5xx."""
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    schema = schemathesis.openapi.from_url(f"{service_url}/docs.json")
+    operations = [
+        result.ok()
+        for result in schema.include(
+            path_regex="^/(predict|reload|health|ready|reports)"
+        ).get_all_operations()
+    ]
+    assert {op.path for op in operations} >= {"/predict", "/predict/batch", "/reload"}
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(
+            max_examples=20, deadline=None, database=None, phases=[Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )  # fmt: skip
+        def no_server_error(case) -> None:
+            response = case.call(base_url=service_url, timeout=30)
+            assert response.status_code < 500, f"{case.method} {case.path}: {response.text}"
+
+        no_server_error()
 
 
 @pytest.fixture()
@@ -411,3 +643,70 @@ def test_service_without_champion(no_champion_url: str) -> None:
     assert response.status_code == 503
     assert response.json()["error"] == "no model"
     assert "registered as champion" in response.json()["detail"]
+    assert response.headers["X-Model-Version"] == "None"
+    assert response.json()["model_version"] is None
+    reload = httpx.post(f"{no_champion_url}/reload", headers={"Authorization": "Bearer x"})
+    assert reload.status_code == 403
+    assert reload.json()["error"] == "reload disabled"
+
+
+# ---------------------------------------------------------------- hot reload (moves the champion)
+
+
+def test_reload_swaps_the_model_under_load(
+    service_url: str, champion_settings: Settings, weights: Path, onnx_path: Path
+) -> None:
+    """A client sends /predict in a loop while a new version becomes champion and /reload runs:
+    no request fails, and once an answer names the new version, every later one does."""
+    old = champion_version(champion_settings)
+    new = register_fixture_model(champion_settings, weights, onnx_path).version
+    answers: list[tuple[int, int | None, str]] = []
+    done = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(base_url=service_url, timeout=30) as http:
+            for _ in range(2000):  # bounded; stopped by `done` long before
+                response = http.post("/predict", **_upload(PNG, "image/png"))
+                version = response.json().get("model_version")
+                answers.append((response.status_code, version, response.headers["X-Model-Version"]))
+                if done.is_set():
+                    return
+
+    def wait_for(count: int) -> None:
+        deadline = time.monotonic() + 60
+        while len(answers) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        wait_for(5)
+        wrong = httpx.post(f"{service_url}/reload", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.json()["error"] == "unauthorized"
+        registry.promote(champion_settings, new, reason="test hot reload")
+        reload = request_reload(champion_settings)  # what the DAG's promote task sends
+        wait_for(len(answers) + 5)
+    finally:
+        done.set()
+        thread.join()
+
+    assert reload.startswith("reload answered 200"), reload
+    assert json.loads(reload.split(": ", 1)[1])["model_version"] == new
+    print(f"{reload}; {len(answers)} requests during the test")
+    assert [status for status, _, _ in answers] == [200] * len(answers)
+    versions = [version for _, version, _ in answers]
+    assert [str(version) for version in versions] == [header for _, _, header in answers]
+    assert versions[0] == old and versions[-1] == new
+    assert set(versions[versions.index(new) :]) == {new}
+
+
+def test_poll_follows_the_champion(service_url: str, champion_settings: Settings) -> None:
+    """Without /reload: a rollback of the alias is served within a few poll periods."""
+    rolled = registry.rollback(champion_settings).champion
+    deadline = time.monotonic() + 10 * champion_settings.serve_poll_seconds
+    while time.monotonic() < deadline:
+        if httpx.get(f"{service_url}/health").json()["model_version"] == rolled:
+            break
+        time.sleep(0.5)
+    assert httpx.get(f"{service_url}/ready").json()["model_version"] == rolled
+    assert scrape(service_url)[("emoflow_model_version", ())] == rolled
