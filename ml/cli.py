@@ -53,7 +53,6 @@ def cmd_data(args: argparse.Namespace, settings: Settings) -> None:
         repo = data_registry.init(settings)
         print(f"data registry: {repo} (DVC remote: {settings.remote_url})")
         if args.sample or args.source:
-            args.note = args.note or None
             cmd_data(argparse.Namespace(**{**vars(args), "data_command": "add-batch"}), settings)
     elif args.data_command == "add-batch":
         if args.source:

@@ -312,5 +312,3 @@ def resolve_device(device: str) -> str:
 
     return "0" if torch.cuda.is_available() else "cpu"
 
-
-Mode = Literal["embedded", "distributed"]
