@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ml import services
-from ml.config import Settings
+from ml import services, yolo
+from ml.config import EMOTIONS, Settings
 
 
 def free_port() -> int:
@@ -36,3 +36,41 @@ def mlflow_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settin
     services.start(services.mlflow_server(settings), settings, timeout=180)
     yield settings
     services.stop(settings, "mlflow")
+
+
+def untrained_weights(images, path: Path, config_dir: Path) -> Path:
+    """An untrained YOLOv8n with the eight emotions, built from YAML (nothing downloaded),
+    saved as a checkpoint ultralytics loads. `images` is a uint8 array (N, H, W, 3).
+
+    Freshly initialised, its activations all but vanish and every box gets the same class
+    scores, which would make any comparison of orderings a coin toss. So its batch-norm
+    statistics are taken from `images` and each level's class logits are rescaled to mean 0
+    and std 1 on them: scores then spread over (0, 1), vary with the image and the class, and
+    the default threshold of 0.25 leaves real boxes.
+    """
+    yolo.load(config_dir)
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=len(EMOTIONS), verbose=False)
+    model.names = dict(enumerate(EMOTIONS))
+    batch = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).float() / 255
+    class_heads = [branch[-1] for branch in model.model[-1].cv3]  # one Conv2d per level
+    logits: list = []
+    hooks = [head.register_forward_hook(lambda _m, _i, out: logits.append(out))
+             for head in class_heads]  # fmt: skip
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.momentum = 1.0  # running statistics = this batch's
+        model.train()(batch)
+        logits.clear()
+        model.eval()(batch)
+        for head, out in zip(class_heads, logits, strict=True):
+            head.weight.div_(out.std())
+            head.bias.sub_(out.mean()).div_(out.std())
+    for hook in hooks:
+        hook.remove()
+    torch.save({"model": model}, path)
+    return path

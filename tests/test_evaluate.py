@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_settings
+from conftest import make_settings, untrained_weights
 from ml import sample_data, yolo
 from ml.config import EMOTIONS, GateParams
 from ml.evaluate import (
@@ -133,37 +133,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, DatasetR
     """(weights, onnx, dataset): an untrained YOLOv8n whose class scores spread over (0, 1)
     (as in test_serving) and a drawn dataset with 12 test images."""
     root = tmp_path_factory.mktemp("gate")
-    yolo.load(root / "ultralytics")
-    import torch
-    from ultralytics.nn.tasks import DetectionModel
+    from PIL import Image
 
     data = root / "data"
     sample_data.generate(data, train=4, valid=4, test=12, seed=3)
-    torch.manual_seed(0)
-    model = DetectionModel("yolov8n.yaml", nc=NC, verbose=False)
-    model.names = dict(enumerate(EMOTIONS))
-    from PIL import Image
-
     images = [np.asarray(Image.open(p).convert("RGB").resize((IMGSZ, IMGSZ)))
               for p in sorted((data / "test" / "images").iterdir())]  # fmt: skip
-    batch = torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).copy()).float() / 255
-    heads = [branch[-1] for branch in model.model[-1].cv3]
-    logits: list[torch.Tensor] = []
-    hooks = [h.register_forward_hook(lambda _m, _i, out: logits.append(out)) for h in heads]
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.momentum = 1.0
-        model.train()(batch)
-        logits.clear()
-        model.eval()(batch)
-        for head, out in zip(heads, logits, strict=True):
-            head.weight.div_(out.std())
-            head.bias.sub_(out.mean()).div_(out.std())
-    for hook in hooks:
-        hook.remove()
-    weights = root / "tiny.pt"
-    torch.save({"model": model}, weights)
+    weights = untrained_weights(np.stack(images), root / "tiny.pt", root / "ultralytics")
     onnx = yolo.export_onnx(weights, IMGSZ, root / "ultralytics")
     dataset = DatasetRef(revision="r9", commit="none", digest="none", path=data)
     return weights, onnx, dataset

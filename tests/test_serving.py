@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import free_port
+from conftest import free_port, untrained_weights
 from ml import registry, services, yolo
 from ml.config import EMOTIONS, Settings
 from ml.pipeline import request_reload
@@ -175,43 +175,9 @@ def yolo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def weights(yolo_dir: Path) -> Path:
-    """An untrained YOLOv8n with the eight emotions, built from YAML (nothing downloaded).
-
-    Freshly initialised, its activations all but vanish and every box gets the same class
-    scores, which would make any comparison of orderings a coin toss. So its batch-norm
-    statistics are taken from a batch of drawn images and each level's class logits are
-    rescaled to mean 0 and std 1 on that batch: scores then spread over (0, 1), vary with
-    the image and the class, and the default threshold of 0.25 leaves real boxes.
-    """
-    yolo.load(yolo_dir)
-    import torch
-    from ultralytics.nn.tasks import DetectionModel
-
-    torch.manual_seed(0)
-    model = DetectionModel("yolov8n.yaml", nc=len(EMOTIONS), verbose=False)
-    model.names = dict(enumerate(EMOTIONS))
+    """An untrained YOLOv8n whose class scores spread over (0, 1) (see `untrained_weights`)."""
     images = np.stack([drawn_image(IMGSZ, IMGSZ, seed) for seed in range(8)])
-    batch = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).float() / 255
-    class_heads = [branch[-1] for branch in model.model[-1].cv3]  # one Conv2d per level
-    logits: list[torch.Tensor] = []
-    hooks = [
-        head.register_forward_hook(lambda _m, _i, out: logits.append(out)) for head in class_heads
-    ]
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.momentum = 1.0  # running statistics = this batch's
-        model.train()(batch)
-        logits.clear()
-        model.eval()(batch)
-        for head, out in zip(class_heads, logits, strict=True):
-            head.weight.div_(out.std())
-            head.bias.sub_(out.mean()).div_(out.std())
-    for hook in hooks:
-        hook.remove()
-    path = yolo_dir / "fixture.pt"
-    torch.save({"model": model}, path)
-    return path
+    return untrained_weights(images, yolo_dir / "fixture.pt", yolo_dir)
 
 
 @pytest.fixture(scope="module")
