@@ -32,8 +32,12 @@ def load(config_dir: Path) -> ModuleType:
     # On CUDA, ultralytics' AMP self-check downloads a hub model. emoflow decides AMP itself
     # (on for CUDA, off for CPU), so the check is replaced by that decision.
     from ultralytics.engine import trainer
+    from ultralytics.utils import torch_utils
 
     trainer.check_amp = lambda model: True
+    # On CPU ultralytics gives torch cpu_count - 1 threads (one core kept for data loaders), i.e.
+    # a single thread on a 2-core machine; it runs no loader workers on CPU, so use every core.
+    torch_utils.NUM_THREADS = os.cpu_count() or 1
     _stage_font(Path(ultralytics.utils.USER_CONFIG_DIR))
     return ultralytics
 

@@ -50,3 +50,17 @@ def test_emotion_ct_parses_wires_the_steps_in_order_and_imports_nothing_heavy(tm
     assert parsed["params"] == ["epochs", "imgsz", "revision"]
     assert parsed["catchup"] is False and "emoflow" in parsed["tags"] and parsed["doc"]
     assert parsed["heavy"] == []
+
+
+def test_airflow_loads_the_plugin_with_links_to_emoflows_uis(tmp_path):
+    settings = make_settings(tmp_path)
+    out = subprocess.run(
+        [str(services.BIN / "airflow"), "plugins", "--output", "json"],
+        env=services.airflow_env(settings), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    plugins = {p["name"]: p for p in json.loads(out.stdout[out.stdout.index("[") :])}
+    views = {view["name"]: view["href"] for view in plugins["emoflow"]["external_views"]}
+    assert views["MLflow: models and runs"] == settings.mlflow_tracking_uri
+    assert views["Drift reports"] == f"{settings.service_url}/reports/index.html"
+    assert views["Emotion service API"] == f"{settings.service_url}/docs"

@@ -30,3 +30,13 @@ def test_the_font_check_finds_a_staged_font_and_never_reaches_for_the_network(
 def test_integrations_are_off_and_pillow_is_not_patched(ultralytics):
     assert not any(ultralytics.settings[key] for key in ("mlflow", "sync", "dvc", "clearml"))
     assert PIL.Image.open.__module__ == "PIL.Image"
+
+
+def test_cpu_training_uses_every_core(ultralytics):
+    import os
+
+    import torch
+    from ultralytics.utils.torch_utils import select_device
+
+    select_device("cpu", verbose=False)
+    assert torch.get_num_threads() == os.cpu_count()
