@@ -243,7 +243,6 @@ def test_ultralytics_finds_the_splits_from_another_working_directory(
     dataset: Path, tmp_path: Path
 ) -> None:
     """data.yaml has no `path:`; ultralytics must resolve the splits next to the YAML file."""
-    pytest.importorskip("ultralytics")
     script = textwrap.dedent(
         f"""
         import json
