@@ -185,6 +185,19 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> None:
         _print_record(registry.promote(settings, args.version, reason="manual promotion"))
     elif args.model_command == "rollback":
         _print_record(registry.rollback(settings))
+    elif args.model_command == "reproduce":
+        from ml.train import reproduce
+
+        services.start(services.mlflow_server(settings), settings, timeout=180)
+        result = reproduce(settings, args.version)
+        print(f"v{result.version}: run {result.run_id} (code {result.recorded_commit[:12]}) "
+              f"retrained as run {result.reproduced_run_id} (code {result.commit[:12]}) "
+              f"on revision {result.data_revision}")  # fmt: skip
+        print(f"{'metric':10} {'recorded':>9} {'reproduced':>11} {'difference':>11}")
+        for key, diff in result.difference.items():
+            print(
+                f"{key:10} {result.recorded[key]:9.4f} {result.reproduced[key]:11.4f} {diff:+11.4f}"
+            )
 
 
 def cmd_predict(args: argparse.Namespace, settings: Settings) -> None:
@@ -294,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     promote = model_sub.add_parser("promote", help="make VERSION the champion")
     promote.add_argument("version", type=int)
     model_sub.add_parser("rollback", help="champion back to the previous version")
+    reproduce = model_sub.add_parser(
+        "reproduce", help="retrain VERSION from its recorded revision, params and seed"
+    )
+    reproduce.add_argument("version", type=int)
 
     predict = sub.add_parser("predict", help="send an image to the running service")
     predict.add_argument("image")

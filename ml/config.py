@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlparse
 
 import yaml
@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     )
     airflow_port: int = 8080
     prediction_log_uri: str | None = None
+    energy_price_per_kwh: float = Field(
+        0.30, ge=0, description="Electricity price per kWh; training logs energy x price as cost."
+    )
 
     @field_validator("home", "params_file")
     @classmethod
@@ -203,8 +206,17 @@ class ValidateParams(_Section):
 
 
 class TrainParams(_Section):
-    model: str = Field("yolov8n.yaml", description="A YAML architecture or a path to weights.")
-    imgsz: int = Field(96, ge=32)
+    model: str = Field(
+        "yolov8n.yaml",
+        description="A YAML architecture ultralytics ships (yolov8n.yaml) or a path to weights "
+        "(.pt) you provide; nothing is ever downloaded.",
+    )
+    imgsz: Annotated[int, Field(ge=32)] | Literal["auto"] = Field(
+        "auto",
+        description="Training and serving image size (px); 'auto' = from the data: the median "
+        "longer side of the train images, rounded up to a multiple of 32 (96 for AffectNet "
+        "crops), at most 640.",
+    )
     epochs: int = Field(30, ge=1)
     batch: int = Field(32, ge=1)
     patience: int = Field(10, ge=1)
@@ -311,4 +323,3 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "0" if torch.cuda.is_available() else "cpu"
-

@@ -518,8 +518,9 @@ def gate(
     champion_eval = bootstrap = None
     if champion_ref is not None and champion_ref.version != challenger.version:
         weights = registry.download_weights(settings, champion_ref, out_dir / "champion")
+        champion_imgsz = registry.trained_imgsz(settings, champion_ref) or imgsz
         champion_eval = evaluate(
-            weights, dataset, imgsz, champion_ref.version, settings, stats_dir=out_dir
+            weights, dataset, champion_imgsz, champion_ref.version, settings, stats_dir=out_dir
         )
         bootstrap = bootstrap_map50_diff(
             ImageStats.load(challenger_eval.stats_path),

@@ -68,7 +68,7 @@ def evaluate(
     test_set = data_registry.pull(settings, frozen) if frozen else dataset
     out_dir = settings.runs_dir / "gate" / f"v{model.version}"
     return evaluation.gate(
-        model, trained.weights, test_set, params.train.imgsz, params.gate, settings, out_dir,
+        model, trained.weights, test_set, trained.imgsz, params.gate, settings, out_dir,
         challenger_onnx=trained.onnx,
     )  # fmt: skip
 

@@ -37,6 +37,7 @@ class TrainResult(Record):
     metrics: dict[str, float]  # final validation metrics (map50, map50_95, precision, recall)
     device: str
     seconds: float
+    imgsz: int  # the image size trained at and exported for serving
 
 
 class ModelRef(Record):
@@ -106,3 +107,17 @@ class PromoteResult(Record):
     champion: int | None  # version that holds the champion alias after the step
     previous: int | None
     reason: str
+
+
+class ReproduceResult(Record):
+    """A registered version retrained from its recorded revision, params and seed."""
+
+    version: int
+    run_id: str  # the version's training run
+    reproduced_run_id: str  # the new run
+    data_revision: str
+    recorded_commit: str  # code that trained the version
+    commit: str  # code that reproduced it
+    recorded: dict[str, float]  # final validation metrics of the version's run
+    reproduced: dict[str, float]
+    difference: dict[str, float]  # reproduced - recorded

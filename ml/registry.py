@@ -105,6 +105,13 @@ def download_weights(settings: Settings, ref: ModelRef, dst: Path) -> Path:
     return next(local.glob("*.pt"))
 
 
+def trained_imgsz(settings: Settings, ref: ModelRef) -> int | None:
+    """The image size a version was trained at (its run's params), None if not recorded."""
+    params = client(settings).get_run(ref.run_id).data.params
+    value = params.get("imgsz_used", params.get("imgsz"))
+    return int(value) if value and value.isdigit() else None
+
+
 def set_tag(settings: Settings, ref: ModelRef, key: str, value: str) -> None:
     client(settings).set_model_version_tag(ref.name, str(ref.version), key, value)
 

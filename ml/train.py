@@ -1,23 +1,34 @@
 """Training: ultralytics YOLOv8 on a pulled data revision, tracked in one MLflow run.
 
-emoflow owns MLflow logging (ultralytics' own callback is off, see `ml.yolo`). A run is found
-again by its tags: training the same data digest with the same params and code returns the
-earlier run instead of training a second time.
+emoflow owns MLflow logging (ultralytics' own callback is off, see `ml.yolo`). One run holds
+the params (and the image size used), per-epoch metrics, MLflow system metrics, the dataset as
+an input named by revision and digest, lineage tags, energy and its cost, the weights and their
+ONNX export, the results table, per-class metrics and the validation plots (confusion matrix,
+precision/recall curves). A run is found again by its tags: training the same data digest with
+the same params and code returns the earlier run instead of training a second time (unless
+`reuse=False`, as `model reproduce` asks).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import statistics
 import time
 from pathlib import Path
 
 from ml import registry, yolo
-from ml.config import Settings, TrainParams, resolve_device
-from ml.records import DatasetRef, TrainResult
+from ml.config import PROJECT_ROOT, Settings, TrainParams, resolve_device
+from ml.energy import EnergyMeter
+from ml.records import DatasetRef, ReproduceResult, TrainResult
 
 log = logging.getLogger("emoflow.train")
 EXPERIMENT = "emotion-detector"
+MAX_AUTO_IMGSZ, STRIDE = 640, 32
+PLOTS = (
+    "confusion_matrix.png", "confusion_matrix_normalized.png", "BoxPR_curve.png",
+    "BoxP_curve.png", "BoxR_curve.png", "BoxF1_curve.png",
+)  # fmt: skip
 FINAL_METRICS = {
     "map50": "metrics/mAP50(B)",
     "map50_95": "metrics/mAP50-95(B)",
@@ -45,6 +56,40 @@ def _find_earlier_run(tags: dict[str, str]) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+class TrainingError(ValueError):
+    """The training params cannot be used; the message names the param and what was expected."""
+
+
+def data_imgsz(dataset: Path, sample: int = 500) -> int:
+    """The image size the data needs: the median longer side of (up to `sample`) train images,
+    rounded up to a multiple of 32, at most 640. AffectNet's 96 px crops give 96."""
+    from PIL import Image
+
+    images = sorted((dataset / "train" / "images").iterdir())[:sample]
+    if not images:
+        raise TrainingError(f"{dataset}/train/images: no images to size the model input from")
+    sides = []
+    for path in images:
+        with Image.open(path) as image:
+            sides.append(max(image.size))
+    side = statistics.median(sides)
+    return int(min(MAX_AUTO_IMGSZ, max(STRIDE, -(-side // STRIDE) * STRIDE)))
+
+
+def base_model(params: TrainParams) -> str:
+    """The architecture or weights to start from; a .pt must be a file here (no downloads)."""
+    if params.model.endswith((".yaml", ".yml")):
+        return params.model
+    path = Path(params.model)
+    path = path if path.is_absolute() else PROJECT_ROOT / path
+    if path.suffix != ".pt" or not path.is_file():
+        raise TrainingError(
+            f"train.model: {params.model!r} is neither a YAML architecture (e.g. yolov8n.yaml) "
+            "nor a .pt weights file that exists; name weights by path (emoflow never downloads)"
+        )
+    return str(path)
+
+
 def _result_of_run(run_id: str, out_dir: Path, settings: Settings) -> TrainResult:
     import mlflow
 
@@ -55,15 +100,66 @@ def _result_of_run(run_id: str, out_dir: Path, settings: Settings) -> TrainResul
             run_id=run_id, artifact_path="weights", dst_path=str(out_dir)
         )
     )
+    params = run.data.params
     return TrainResult(
         run_id=run_id,
         model_uri=f"models:/{logged.model_id}",
         weights=next(local.glob("*.pt")),
         onnx=next(local.glob("*.onnx")),
         metrics={k: run.data.metrics[k] for k in FINAL_METRICS if k in run.data.metrics},
-        device=run.data.params.get("device", "unknown"),
+        device=params.get("device_used", params.get("device", "unknown")),
         seconds=run.data.metrics.get("train_seconds", 0.0),
+        imgsz=int(params.get("imgsz_used", params.get("imgsz", 0))),
     )
+
+
+def _log_evaluation(model, data_yaml: Path, imgsz: int, device: str, save_dir: Path) -> None:
+    """Validate the best weights once more with plots on; log the plots, the per-class table
+    and per-class metrics, and a per-class precision/recall chart."""
+    import mlflow
+
+    metrics = model.val(
+        data=str(data_yaml), imgsz=imgsz, device=device, plots=True, project=str(save_dir),
+        name="val", exist_ok=True, verbose=False,
+    )  # fmt: skip
+    plots_dir = Path(metrics.save_dir)
+    for name in PLOTS:
+        if (plots_dir / name).is_file():
+            mlflow.log_artifact(str(plots_dir / name), artifact_path="plots")
+    box, names = metrics.box, metrics.names
+    rows = [
+        {"class": names[int(c)], "precision": float(box.p[i]), "recall": float(box.r[i]),
+         "map50": float(box.ap50[i]), "map50_95": float(box.ap[i])}
+        for i, c in enumerate(box.ap_class_index)
+    ]  # fmt: skip
+    table = "class,precision,recall,map50,map50_95\n" + "".join(
+        f"{r['class']},{r['precision']:.4f},{r['recall']:.4f},{r['map50']:.4f},{r['map50_95']:.4f}\n"
+        for r in rows
+    )
+    mlflow.log_text(table, "plots/per_class.csv")
+    mlflow.log_metrics(
+        {f"val_{key}_{r['class']}": r[key] for r in rows for key in ("precision", "recall")}
+    )
+    mlflow.log_figure(_per_class_chart(rows), "plots/per_class_precision_recall.png")
+
+
+def _per_class_chart(rows: list[dict]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 4))
+    positions = range(len(rows))
+    axes.bar([x - 0.2 for x in positions], [r["precision"] for r in rows], 0.4, label="precision")
+    axes.bar([x + 0.2 for x in positions], [r["recall"] for r in rows], 0.4, label="recall")
+    axes.set_xticks(list(positions), [r["class"] for r in rows], rotation=30)
+    axes.set_ylim(0, 1)
+    axes.set_title("Validation precision and recall per emotion (best weights)")
+    axes.legend()
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
 
 
 def train(
@@ -72,8 +168,10 @@ def train(
     out_dir: Path,
     settings: Settings,
     lineage: dict[str, str],
+    reuse: bool = True,
 ) -> TrainResult:
-    """Train on `dataset`, export ONNX, log everything to MLflow; reuse an identical earlier run."""
+    """Train on `dataset`, export ONNX, log everything to MLflow; reuse an identical earlier run
+    unless `reuse` is False."""
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
@@ -82,14 +180,19 @@ def train(
     registry.client(settings)
     mlflow.set_experiment(EXPERIMENT)
     identity = {"data_digest": dataset.digest, **lineage}
-    if (earlier := _find_earlier_run(identity)) is not None:
+    if reuse and (earlier := _find_earlier_run(identity)) is not None:
         return _result_of_run(earlier, out_dir / earlier, settings)
 
+    start_from = base_model(params)
     device = resolve_device(params.device)
+    imgsz = data_imgsz(dataset.path) if params.imgsz == "auto" else params.imgsz
     started = time.monotonic()
     run_tags = {**identity, "data_revision": dataset.revision, "data_commit": dataset.commit}
-    with mlflow.start_run(run_name=f"train-{dataset.revision}", tags=run_tags) as run:
-        mlflow.log_params({**params.model_dump(), "device": device})
+    mlflow.set_system_metrics_sampling_interval(5)
+    with mlflow.start_run(
+        run_name=f"train-{dataset.revision}", tags=run_tags, log_system_metrics=True
+    ) as run:
+        mlflow.log_params({**params.model_dump(), "device_used": device, "imgsz_used": imgsz})
         mlflow.log_input(
             MetaDataset(
                 source=resolve_dataset_source(str(dataset.path)),
@@ -114,32 +217,78 @@ def train(
                 metrics.get(FINAL_METRICS["map50_95"], 0.0), time.monotonic() - started,
             )  # fmt: skip
 
-        model = ultralytics.YOLO(params.model)
+        model = ultralytics.YOLO(start_from)
         model.add_callback("on_fit_epoch_end", log_epoch)
-        model.train(
-            data=str(dataset.path / "data.yaml"),
-            imgsz=params.imgsz,
-            epochs=params.epochs,
-            batch=params.batch,
-            patience=params.patience,
-            seed=params.seed,
-            deterministic=True,
-            device=device,
-            workers=params.workers,
-            amp=device != "cpu",
-            plots=False,
-            project=str(out_dir),
-            name=run.info.run_id,
-            exist_ok=True,
-            verbose=False,
-        )
+        with EnergyMeter(price_per_kwh=settings.energy_price_per_kwh) as meter:
+            model.train(
+                data=str(dataset.path / "data.yaml"),
+                imgsz=imgsz,
+                epochs=params.epochs,
+                batch=params.batch,
+                patience=params.patience,
+                seed=params.seed,
+                deterministic=True,
+                device=device,
+                workers=params.workers,
+                amp=device != "cpu",
+                plots=False,
+                project=str(out_dir),
+                name=run.info.run_id,
+                exist_ok=True,
+                verbose=False,
+            )
+        energy = meter.reading()
+        mlflow.log_metrics(energy.as_metrics())
+        mlflow.set_tags(energy.as_tags())
+        log.info("energy: %.6f kWh, cost %.6f (%s)", energy.total_kwh, energy.cost, energy.note)
         weights = Path(model.trainer.best)
         final = {k: float(model.trainer.metrics[v]) for k, v in FINAL_METRICS.items()}
-        onnx_path = yolo.export_onnx(weights, params.imgsz, settings.home / "ultralytics")
+        save_dir = Path(model.trainer.save_dir)
+        mlflow.log_artifact(str(save_dir / "results.csv"), artifact_path="plots")
+        _log_evaluation(ultralytics.YOLO(str(weights)), dataset.path / "data.yaml", imgsz,
+                        device, save_dir)  # fmt: skip
+        onnx_path = yolo.export_onnx(weights, imgsz, settings.home / "ultralytics")
         seconds = time.monotonic() - started
         mlflow.log_metrics({**final, "train_seconds": seconds})
         model_uri = registry.log_model_files(weights, onnx_path)
     return TrainResult(
         run_id=run.info.run_id, model_uri=model_uri, weights=weights, onnx=onnx_path, metrics=final,
-        device=device, seconds=seconds,
+        device=device, seconds=seconds, imgsz=imgsz,
+    )  # fmt: skip
+
+
+def reproduce(settings: Settings, version: int) -> ReproduceResult:
+    """Retrain `version` from the data revision, train params and seed its run recorded, in a
+    new run tagged `reproduces_version`, and compare the final validation metrics."""
+    from ml import data_registry
+    from ml.lineage import code_commit
+
+    client = registry.client(settings)
+    model_version = client.get_model_version(settings.model_name, str(version))
+    run = client.get_run(model_version.run_id)
+    recorded = run.data.params
+    params = TrainParams.model_validate(
+        {key: recorded[key] for key in TrainParams.model_fields if key in recorded}
+    )
+    revision, digest = run.data.tags["data_revision"], run.data.tags["data_digest"]
+    dataset = data_registry.pull(settings, revision)
+    if dataset.digest != digest:
+        raise TrainingError(
+            f"revision {revision} now has digest {dataset.digest}, but version {version} was "
+            f"trained on {digest}: the data registry was rewritten"
+        )
+    commit = code_commit()
+    lineage = {
+        "git_commit": commit,
+        "params_digest": run.data.tags.get("params_digest", "unknown"),
+        "reproduces_version": str(version),
+        "reproduces_run": run.info.run_id,
+    }
+    result = train(params, dataset, settings.runs_dir, settings, lineage, reuse=False)
+    before = {k: run.data.metrics[k] for k in FINAL_METRICS if k in run.data.metrics}
+    return ReproduceResult(
+        version=version, run_id=run.info.run_id, reproduced_run_id=result.run_id,
+        data_revision=revision, recorded_commit=run.data.tags.get("git_commit", "unknown"),
+        commit=commit, recorded=before, reproduced=result.metrics,
+        difference={k: result.metrics[k] - before[k] for k in before if k in result.metrics},
     )  # fmt: skip

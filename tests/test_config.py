@@ -8,7 +8,7 @@ from ml.config import PROJECT_ROOT, ConfigError, Params, Settings, load_params
 def test_project_params_file_loads_and_has_a_stable_digest():
     params = load_params(PROJECT_ROOT / "params.yaml")
     assert params.train.model == "yolov8n.yaml"
-    assert params.train.imgsz == 96
+    assert params.train.imgsz == "auto"
     assert params.digest == load_params(PROJECT_ROOT / "params.yaml").digest
 
 

@@ -71,9 +71,27 @@ def test_one_cycle_registers_a_champion_named_by_data_and_code(cycle):
     assert version.tags["data_commit"] == r1.commit
     assert version.tags["git_commit"] == code_commit()
     assert version.tags["gate"] == "passed"
-    mlflow_run = registry.client(settings).get_run(version.run_id)
-    assert {"map50", "map50_95", "metrics/mAP50B"} <= set(mlflow_run.data.metrics)
+    client = registry.client(settings)
+    mlflow_run = client.get_run(version.run_id)
+    metrics = mlflow_run.data.metrics
+    assert {"map50", "map50_95", "metrics/mAP50B", "energy_kwh", "energy_cost"} <= set(metrics)
+    assert metrics["energy_kwh"] > 0 and metrics["energy_cost"] > 0
+    # no RAPL or NVML on the CI machine: the run must say its energy is an estimate
+    assert mlflow_run.data.tags["energy_cpu_source"] in {"rapl", "estimate"}
+    assert (
+        "estimate" in mlflow_run.data.tags["energy_note"]
+        or "rapl" in mlflow_run.data.tags["energy_cpu_source"]
+    )
+    assert any(key.startswith("system/cpu_utilization") for key in metrics)  # system metrics
+    assert {f"val_recall_{e}" for e in ("anger", "happy")} <= set(metrics)
     assert mlflow_run.data.params["epochs"] == "2"
+    assert mlflow_run.data.params["imgsz_used"] == "64"
+    (dataset_input,) = mlflow_run.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "emotions@r1"
+    assert dataset_input.dataset.digest == r1.digest
+    plots = {Path(f.path).name for f in client.list_artifacts(version.run_id, "plots")}
+    assert {"confusion_matrix.png", "BoxPR_curve.png", "per_class.csv", "results.csv",
+            "per_class_precision_recall.png"} <= plots  # fmt: skip
     drift_pages = list((settings.reports_dir / "drift").glob("*.html"))
     assert drift_pages and (settings.reports_dir / "index.html").is_file()
     assert list((settings.home / "gx").rglob("local_site/index.html"))
@@ -95,6 +113,23 @@ def test_the_service_serves_the_champion_over_http(cycle):
     text = httpx.post(f"{url}/predict", files={"image": ("notes.txt", b"not an image")})
     assert 400 <= text.status_code < 500
     assert "error" in text.json()
+
+
+def test_reproduce_retrains_a_version_and_prints_the_difference(cycle):
+    settings, env, _ = cycle
+    result = emoflow(env, "model", "reproduce", "1")
+    client = registry.client(settings)
+    original = client.get_run(client.get_model_version(settings.model_name, "1").run_id)
+    (again,) = client.search_runs([original.info.experiment_id], "tags.reproduces_version = '1'")
+    assert again.info.run_id != original.info.run_id
+    assert again.data.tags["data_digest"] == original.data.tags["data_digest"]
+    assert again.data.params["seed"] == original.data.params["seed"]
+    for key in ("map50", "map50_95"):
+        difference = again.data.metrics[key] - original.data.metrics[key]
+        row = next(line for line in result.stdout.splitlines() if line.startswith(f"{key} "))
+        assert row.split()[-1] == f"{difference:+.4f}"
+    # the reproduction is a run, not a model version: the registry is unchanged
+    assert len(client.search_model_versions(f"name='{settings.model_name}'")) == 1
 
 
 def test_a_weaker_challenger_is_refused_and_a_forced_promotion_can_be_rolled_back(cycle):

@@ -41,7 +41,7 @@ def logged_run(settings, tmp_path: Path, name: str) -> TrainResult:
         uri = registry.log_model_files(weights, tiny_onnx(tmp_path / f"{name}.onnx"))
     return TrainResult(
         run_id=run.info.run_id, model_uri=uri, weights=weights, onnx=tmp_path / f"{name}.onnx",
-        metrics={"map50": 0.5}, device="cpu", seconds=1.0,
+        metrics={"map50": 0.5}, device="cpu", seconds=1.0, imgsz=64,
     )  # fmt: skip
 
 

@@ -236,6 +236,7 @@ def register_fixture_model(settings: Settings, weights: Path, onnx_path: Path) -
         metrics={},
         device="cpu",
         seconds=0.0,
+        imgsz=IMGSZ,
     )
     dataset = DatasetRef(
         revision="test-fixture", commit="none", digest="none", path=weights.parent
