@@ -10,6 +10,7 @@ URL) before any of our code runs. Every bad input gets a 4xx JSON `{"error", "de
     GET  /health         liveness
     GET  /ready          200 with the model version once the champion is loaded, else 503
     GET  /reports/       the drift report pages (the files under <home>/reports)
+    GET  /ui/            the web page: upload a photo or use the webcam, see faces and emotions
     GET  /metrics        Prometheus (served by BentoML; ours are the `emoflow_*` series)
 
 Every response of these routes carries the served version in the header `X-Model-Version`,
@@ -30,6 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from http import HTTPStatus
+from pathlib import Path
 
 import bentoml
 import numpy as np
@@ -44,10 +46,12 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from ml import registry
 from ml.config import Settings
 from serving.model import Face, ServedModel, load_version
+from serving.prediction_log import PredictionLog
 
 logger = logging.getLogger(__name__)
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
+STATIC_DIR = Path(__file__).parent / "static"
 IMAGE_FIELD, BATCH_FIELD = "image", "images"
 MAX_BATCH = 32
 VERSION_HEADER = "X-Model-Version"
@@ -219,10 +223,10 @@ def decode_images(files: list[bytes], max_pixels: int) -> list[np.ndarray]:
     return images
 
 
-def prediction(served: ServedModel, image: np.ndarray) -> dict:
+def prediction(served: ServedModel, image: np.ndarray, log: PredictionLog, route: str) -> dict:
     faces: list[Face] = served.detector.predict(image)
     best = faces[0] if faces else None
-    return {
+    answer = {
         "emotion": best.emotion if best else None,
         "confidence": best.confidence if best else None,
         "faces": [asdict(face) for face in faces],
@@ -230,6 +234,8 @@ def prediction(served: ServedModel, image: np.ndarray) -> dict:
         "width": image.shape[1],
         "height": image.shape[0],
     }
+    log.record(image, answer, route)  # queued: features are computed and written elsewhere
+    return answer
 
 
 @bentoml.service(workers=1)
@@ -245,9 +251,12 @@ class EmotionService:
         self.poller: asyncio.Task | None = None
         # One inference at a time, off the event loop; ONNX Runtime uses the cores.
         self.inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        # Features and answers of every prediction, written by its own thread off the request path.
+        self.prediction_log = PredictionLog(self.settings.prediction_log)
 
     @bentoml.on_startup
     async def _start(self) -> None:
+        self.prediction_log.start()
         with contextlib.suppress(Exception):  # the service stays up and says why in /ready
             await self.follow_champion()
         if self.settings.serve_poll_seconds > 0:
@@ -257,7 +266,8 @@ class EmotionService:
     async def _stop(self) -> None:
         if self.poller is not None:
             self.poller.cancel()
-        self.inference.shutdown(wait=False)
+        self.inference.shutdown(wait=True)
+        self.prediction_log.close()  # every record queued so far is written before exit
 
     async def _poll(self) -> None:
         while True:
@@ -345,12 +355,22 @@ class EmotionService:
             raise ApiError(404, "not found", f"no report named {path!r} in {root}")
         return FileResponse(target)
 
+    @app.get("/ui/{path:path}", include_in_schema=False)
+    async def ui(self, path: str) -> Response:
+        root = STATIC_DIR.resolve()
+        target = (root / (path or "index.html")).resolve()
+        if not target.is_relative_to(root) or not target.is_file():
+            raise ApiError(404, "not found", f"no page named {path!r}")
+        return FileResponse(target)
+
     @app.post("/predict", openapi_extra=multipart_body(IMAGE_FIELD, 1))
     async def predict(self, request: Request) -> JSONResponse:
         served = self._model()
         (data,) = await read_files(request, IMAGE_FIELD, 1, self.settings.max_upload_bytes)
         return await self._infer(
-            served, lambda: prediction(served, decode_image(data, self.settings.max_pixels))
+            served, lambda: prediction(
+                served, decode_image(data, self.settings.max_pixels), self.prediction_log, "/predict"
+            )
         )
 
     @app.post("/predict/batch", openapi_extra=multipart_body(BATCH_FIELD, MAX_BATCH))
@@ -360,7 +380,10 @@ class EmotionService:
 
         def run() -> dict:
             images = decode_images(files, self.settings.max_pixels)
-            answers = [prediction(served, image) for image in images]
+            answers = [
+                prediction(served, image, self.prediction_log, "/predict/batch")
+                for image in images
+            ]
             return {"predictions": answers, "model_version": served.ref.version}
 
         return await self._infer(served, run)
