@@ -4,6 +4,19 @@ Pre- and post-processing follow ultralytics' own predictor for YOLOv8 detection 
 letterbox (cv2 bilinear resize, centred padding of value 114), RGB, /255, NCHW float32; the
 output (1, 4 + nc, N) holds xywh boxes in input pixels and per-class scores; best class per
 box, confidence threshold, per-class NMS, boxes mapped back to the original image and clipped.
+
+Crops and frames. The model is trained on face crops at a small input size (96 px for
+AffectNet). A face crop is answered from one view of the whole image, exactly as ultralytics
+would. A camera frame with several small faces would shrink each face to a few pixels in that
+one view, so an image more than twice the model input is also cut into overlapping square
+windows, each letterboxed like a crop: sides of 1/2, 1/3, ... of the image's shorter side
+while a window stays at least twice the model input and the views stay at most `MAX_VIEWS`,
+half a window apart, so a face up to half a window wide lies wholly inside one window (a 640 x
+480 frame at 96 px: 15 windows of 240 px; faces from about 60 px up are found).
+Every view goes through the model in one batch; boxes found in the windows are mapped back to
+the frame, those cut by a window's inner edge are dropped, and one box is kept per face
+(class-agnostic suppression by overlap or containment, most confident first). The emotion
+model is its own face detector: no second model, nothing downloaded.
 """
 
 from __future__ import annotations
@@ -24,6 +37,10 @@ logger = logging.getLogger(__name__)
 
 PAD_VALUE = 114
 MAX_WH = 7680  # per-class box offset for class-aware NMS, as ultralytics does
+TILE_ABOVE = 2.0  # cut an image into windows when its longer side exceeds this x model input
+MAX_VIEWS = 64  # whole image + windows; finer levels are left out beyond this
+CUT_MARGIN = 2.0  # px: a window box this close to an inner window edge is a cut face
+CONTAINED = 0.6  # a box this much inside a kept box (intersection / its area) is the same face
 
 
 @dataclass(frozen=True)
@@ -129,6 +146,81 @@ def _metadata(session, path: Path) -> tuple[list[str], tuple[int, int]]:
     return [names[i] for i in sorted(names)], (int(imgsz[0]), int(imgsz[1]))
 
 
+@dataclass(frozen=True)
+class View:
+    """A window of the image (x, y, width, height in image pixels) and how it was letterboxed."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    fit: Letterbox
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An image ready for the model: one input row per view, the first view the whole image."""
+
+    batch: np.ndarray  # (views, 3, h, w) float32
+    views: list[View]
+    width: int
+    height: int
+
+
+def windows(height: int, width: int, input_side: int) -> list[tuple[int, int, int, int]]:
+    """The views of an image as (x, y, w, h): the whole image, plus overlapping square windows
+    when the image is more than `TILE_ABOVE` x the model input (see the module docstring)."""
+    views = [(0, 0, width, height)]
+    if max(height, width) <= TILE_ABOVE * input_side:
+        return views
+    for fraction in range(2, 9):
+        side = min(height, width) // fraction
+        if side < TILE_ABOVE * input_side:
+            break
+        stride = max(side // 2, 1)
+        xs = [*range(0, width - side, stride), width - side]
+        ys = [*range(0, height - side, stride), height - side]
+        level = [(x, y, side, side) for y in dict.fromkeys(ys) for x in dict.fromkeys(xs)]
+        if len(views) + len(level) > MAX_VIEWS:
+            break
+        views += level
+    return views
+
+
+def _cut_by_window(boxes: np.ndarray, view: View, width: int, height: int) -> np.ndarray:
+    """Mask of boxes (window pixels) touching an edge of the window that is inside the image
+    (none for the whole image)."""
+    cut = np.zeros(len(boxes), dtype=bool)
+    if view.x > 0:
+        cut |= boxes[:, 0] <= CUT_MARGIN
+    if view.y > 0:
+        cut |= boxes[:, 1] <= CUT_MARGIN
+    if view.x + view.width < width:
+        cut |= boxes[:, 2] >= view.width - CUT_MARGIN
+    if view.y + view.height < height:
+        cut |= boxes[:, 3] >= view.height - CUT_MARGIN
+    return cut
+
+
+def merge_views(boxes: np.ndarray, confidences: np.ndarray, iou: float) -> np.ndarray:
+    """Indices of the boxes kept across views: most confident first, a box goes when it
+    overlaps a kept one by IoU > `iou` or lies inside it by more than `CONTAINED`."""
+    areas = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
+    keep: list[int] = []
+    for i in np.argsort(-confidences, kind="stable"):
+        if keep:
+            kept = boxes[keep]
+            w = (np.minimum(kept[:, 2], boxes[i, 2]) - np.maximum(kept[:, 0], boxes[i, 0])).clip(0)
+            h = (np.minimum(kept[:, 3], boxes[i, 3]) - np.maximum(kept[:, 1], boxes[i, 1])).clip(0)
+            inter = w * h
+            union = areas[keep] + areas[i] - inter
+            inside = inter / np.maximum(np.minimum(areas[keep], areas[i]), 1e-9)
+            if ((inter / np.maximum(union, 1e-9)) > iou).any() or (inside > CONTAINED).any():
+                continue
+        keep.append(int(i))
+    return np.array(keep, dtype=np.int64)
+
+
 class Detector:
     """An ONNX Runtime session over a YOLOv8 detection export."""
 
@@ -141,15 +233,38 @@ class Detector:
         self.input_name = self.session.get_inputs()[0].name
         self.names, self.imgsz = _metadata(self.session, onnx_path)
 
-    def predict(
-        self, image: np.ndarray, conf: float = 0.25, iou: float = 0.7, max_det: int = 300
-    ) -> list[Face]:
-        """Faces in an (H, W, 3) uint8 RGB image, most confident first."""
+    def prepare(self, image: np.ndarray) -> Prepared:
+        """An (H, W, 3) uint8 RGB image as model input: every view letterboxed, stacked."""
         height, width = image.shape[:2]
-        padded, fit = letterbox(image, self.imgsz)
-        (output,) = self.session.run(None, {self.input_name: to_tensor(padded)})
-        boxes, scores, classes = decode(output[0], conf, iou, max_det)
-        boxes = unletterbox(boxes, fit, width, height)
+        rows, views = [], []
+        for x, y, w, h in windows(height, width, max(self.imgsz)):
+            padded, fit = letterbox(image[y : y + h, x : x + w], self.imgsz)
+            rows.append(to_tensor(padded))
+            views.append(View(x, y, w, h, fit))
+        return Prepared(np.concatenate(rows), views, width, height)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """The raw model output (n, 4 + nc, N) of a stacked input (n, 3, h, w)."""
+        return self.session.run(None, {self.input_name: batch})[0]
+
+    def faces(
+        self, prepared: Prepared, output: np.ndarray, conf: float = 0.25, iou: float = 0.7,
+        max_det: int = 300,
+    ) -> list[Face]:  # fmt: skip
+        """The faces in the model's output for `prepared`, most confident first."""
+        found = []
+        for view, rows in zip(prepared.views, output, strict=True):
+            boxes, scores, classes = decode(rows, conf, iou, max_det)
+            boxes = unletterbox(boxes, view.fit, view.width, view.height)
+            kept = ~_cut_by_window(boxes, view, prepared.width, prepared.height)
+            boxes, scores, classes = boxes[kept], scores[kept], classes[kept]
+            found.append((boxes + [view.x, view.y, view.x, view.y], scores, classes))
+        boxes = np.concatenate([f[0] for f in found])
+        scores = np.concatenate([f[1] for f in found])
+        classes = np.concatenate([f[2] for f in found])
+        if len(prepared.views) > 1:
+            kept = merge_views(boxes, scores[np.arange(len(classes)), classes], iou)[:max_det]
+            boxes, scores, classes = boxes[kept], scores[kept], classes[kept]
         return [
             Face(
                 box=[float(v) for v in box],
@@ -159,6 +274,13 @@ class Detector:
             )
             for box, row, cls in zip(boxes, scores, classes, strict=True)
         ]
+
+    def predict(
+        self, image: np.ndarray, conf: float = 0.25, iou: float = 0.7, max_det: int = 300
+    ) -> list[Face]:
+        """Faces in an (H, W, 3) uint8 RGB image, most confident first."""
+        prepared = self.prepare(image)
+        return self.faces(prepared, self.run(prepared.batch), conf, iou, max_det)
 
 
 @dataclass(frozen=True)

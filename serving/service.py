@@ -28,7 +28,6 @@ import io
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from http import HTTPStatus
 from pathlib import Path
@@ -45,7 +44,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from ml import registry
 from ml.config import Settings
-from serving.model import Face, ServedModel, load_version
+from serving.batching import Batcher
+from serving.model import Face, Prepared, ServedModel, load_version
 from serving.prediction_log import PredictionLog
 
 logger = logging.getLogger(__name__)
@@ -223,10 +223,9 @@ def decode_images(files: list[bytes], max_pixels: int) -> list[np.ndarray]:
     return images
 
 
-def prediction(served: ServedModel, image: np.ndarray, log: PredictionLog, route: str) -> dict:
-    faces: list[Face] = served.detector.predict(image)
+def answer(served: ServedModel, image: np.ndarray, faces: list[Face]) -> dict:
     best = faces[0] if faces else None
-    answer = {
+    return {
         "emotion": best.emotion if best else None,
         "confidence": best.confidence if best else None,
         "faces": [asdict(face) for face in faces],
@@ -234,8 +233,6 @@ def prediction(served: ServedModel, image: np.ndarray, log: PredictionLog, route
         "width": image.shape[1],
         "height": image.shape[0],
     }
-    log.record(image, answer, route)  # queued: features are computed and written elsewhere
-    return answer
 
 
 @bentoml.service(workers=1)
@@ -249,8 +246,9 @@ class EmotionService:
         self.served: ServedModel | None = None  # swapped whole: one reference, one assignment
         self.reload_lock = asyncio.Lock()
         self.poller: asyncio.Task | None = None
-        # One inference at a time, off the event loop; ONNX Runtime uses the cores.
-        self.inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        # Model calls on one thread, in batches of whatever requests wait together (adaptive
+        # batching); decoding and letterboxing run beside it in worker threads.
+        self.batcher = Batcher()
         # Features and answers of every prediction, written by its own thread off the request path.
         self.prediction_log = PredictionLog(self.settings.prediction_log)
 
@@ -266,8 +264,10 @@ class EmotionService:
     async def _stop(self) -> None:
         if self.poller is not None:
             self.poller.cancel()
-        self.inference.shutdown(wait=True)
-        self.prediction_log.close()  # every record queued so far is written before exit
+        await asyncio.to_thread(self.batcher.close)
+        await asyncio.to_thread(
+            self.prediction_log.close
+        )  # every record queued so far is written before exit
 
     async def _poll(self) -> None:
         while True:
@@ -310,10 +310,29 @@ class EmotionService:
             f"in {self.settings.mlflow_tracking_uri}",
         )  # fmt: skip
 
-    async def _infer(self, served: ServedModel, run: Callable[[], object]) -> JSONResponse:
-        """`run` in the inference thread; the answer names the version that made it."""
-        body = await asyncio.get_running_loop().run_in_executor(self.inference, run)
-        return JSONResponse(body, headers={VERSION_HEADER: str(served.ref.version)})
+    async def _predict(
+        self, served: ServedModel, decode: Callable[[], list[np.ndarray]], route: str
+    ) -> list[dict]:
+        """Decode and prepare each image, run all their views in one batched call, answer."""
+        detector = served.detector
+
+        def prepare() -> tuple[list[np.ndarray], list[Prepared]]:
+            images = decode()
+            return images, [detector.prepare(image) for image in images]
+
+        images, prepared = await asyncio.to_thread(prepare)
+        output = await self.batcher.run(detector, np.concatenate([p.batch for p in prepared]))
+
+        def finish() -> list[dict]:
+            answers, start = [], 0
+            for image, item in zip(images, prepared, strict=True):
+                rows = output[start : start + len(item.views)]
+                start += len(item.views)
+                answers.append(answer(served, image, detector.faces(item, rows)))
+                self.prediction_log.record(image, answers[-1], route)  # queued, written elsewhere
+            return answers
+
+        return await asyncio.to_thread(finish)
 
     @app.get("/health")
     async def health(self) -> dict:
@@ -367,23 +386,17 @@ class EmotionService:
     async def predict(self, request: Request) -> JSONResponse:
         served = self._model()
         (data,) = await read_files(request, IMAGE_FIELD, 1, self.settings.max_upload_bytes)
-        return await self._infer(
-            served, lambda: prediction(
-                served, decode_image(data, self.settings.max_pixels), self.prediction_log, "/predict"
-            )
-        )
+        decode = lambda: [decode_image(data, self.settings.max_pixels)]  # noqa: E731
+        (body,) = await self._predict(served, decode, "/predict")
+        return JSONResponse(body, headers={VERSION_HEADER: str(served.ref.version)})
 
     @app.post("/predict/batch", openapi_extra=multipart_body(BATCH_FIELD, MAX_BATCH))
     async def predict_batch(self, request: Request) -> JSONResponse:
         served = self._model()
         files = await read_files(request, BATCH_FIELD, MAX_BATCH, self.settings.max_upload_bytes)
-
-        def run() -> dict:
-            images = decode_images(files, self.settings.max_pixels)
-            answers = [
-                prediction(served, image, self.prediction_log, "/predict/batch")
-                for image in images
-            ]
-            return {"predictions": answers, "model_version": served.ref.version}
-
-        return await self._infer(served, run)
+        decode = lambda: decode_images(files, self.settings.max_pixels)  # noqa: E731
+        answers = await self._predict(served, decode, "/predict/batch")
+        return JSONResponse(
+            {"predictions": answers, "model_version": served.ref.version},
+            headers={VERSION_HEADER: str(served.ref.version)},
+        )
