@@ -1,7 +1,7 @@
 # The two commands a newcomer needs:
 #   make demo   one full continual-training cycle on generated sample data, ending with a served model
 #   make test   the test suite (unit, integration against real servers, end to end through Airflow)
-.PHONY: setup demo test test-fast lint bench stop clean
+.PHONY: setup demo test test-fast lint bench bench-serving stop clean
 
 setup:
 	bash scripts/setup.sh
@@ -20,6 +20,10 @@ lint: setup
 
 bench: setup
 	.venv/bin/python bench/sample_map.py
+	.venv/bin/python bench/serving_speed.py
+
+bench-serving: setup
+	.venv/bin/python bench/serving_speed.py
 
 stop:
 	.venv/bin/emoflow stop all
