@@ -271,7 +271,18 @@ class DriftParams(_Section):
     share_threshold: float = Field(
         0.5, ge=0, le=1, description="Share of drifted features that marks the data as drifted."
     )
-    max_rows: int = Field(5000, ge=10, description="Rows sampled per side into the report.")
+    max_rows: int = Field(
+        5000,
+        ge=10,
+        description="Rows sampled per side into the report; the live check reads the newest "
+        "this many predictions.",
+    )
+    min_live_rows: int = Field(
+        50,
+        ge=1,
+        description="Predictions the live-traffic check needs; fewer: no report (not enough "
+        "traffic yet).",
+    )
 
 
 class Params(_Section):

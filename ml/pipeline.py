@@ -16,6 +16,7 @@ from ml.config import Params, Settings, load_params
 from ml.lineage import lineage_tags
 from ml.records import (
     DatasetRef,
+    DriftResult,
     GateResult,
     ModelRef,
     PromoteResult,
@@ -73,14 +74,51 @@ def evaluate(
     )  # fmt: skip
 
 
-def champion_dataset() -> DatasetRef | None:
-    """The data revision the current champion was trained on (the drift reference), if any."""
+def champion_dataset(champion: ModelRef | None = None) -> DatasetRef | None:
+    """The data revision `champion` (default: the current champion) was trained on (the drift
+    reference), if there is a champion."""
     settings = Settings()
-    champion = registry.version_by_alias(settings, registry.CHAMPION)
+    champion = champion or registry.version_by_alias(settings, registry.CHAMPION)
     if champion is None:
         return None
     tags = registry.client(settings).get_model_version(champion.name, str(champion.version)).tags
     return data_registry.pull(settings, tags["data_revision"])
+
+
+def monitor_live() -> DriftResult | None:
+    """Drift of live traffic: the newest ``drift.max_rows`` predictions of the prediction log vs
+    the data the champion was trained on (`monitoring.drift.check_live_drift`).
+
+    Returns None, with a log line, while there is not enough traffic yet (fewer than
+    ``drift.min_live_rows`` predictions) or no champion: neither is a failure.
+    """
+    from monitoring.drift import check_live_drift
+    from serving.prediction_log import database_url, read_predictions
+
+    settings, params = Settings(), _params(None).drift
+    predictions = read_predictions(settings.prediction_log, limit=params.max_rows)
+    if len(predictions) < params.min_live_rows:
+        log.info(
+            "live drift: skipped, not enough traffic yet: %d predictions in %s, %d needed "
+            "(drift.min_live_rows)",
+            len(predictions),
+            database_url(settings.prediction_log).render_as_string(hide_password=True),
+            params.min_live_rows,
+        )
+        return None
+    champion = registry.version_by_alias(settings, registry.CHAMPION)
+    if champion is None:
+        log.info("live drift: skipped, no champion yet (no training data to compare with)")
+        return None
+    reference = champion_dataset(champion)
+    return check_live_drift(
+        reference,
+        predictions,
+        params,
+        settings.reports_dir,
+        champion.version,
+        log_uri=settings.prediction_log,
+    )
 
 
 def promote(model: ModelRef, gate: GateResult) -> PromoteResult:

@@ -15,6 +15,14 @@ It writes, under ``reports_dir/drift/``:
 
 both written to a temporary name and then renamed, and then refreshes ``reports_dir/index.html``.
 The share of drifted columns is Evidently's own (``DriftedColumnsCount``), not recomputed here.
+
+``check_live_drift(reference, predictions, params, reports_dir, model_version)`` runs the same
+report on live traffic: the rows of the prediction log (`serving.prediction_log`, whose image
+features are the same `FEATURES`; the categorical ``emotion`` is the predicted one, ``"none"``
+for an image without a face) against every image of ``reference`` (the champion's training
+revision). It writes ``reports_dir/live/live-<time of the newest prediction>-vs-<reference>``
+``.html`` and ``.json`` the same way (a re-run over the same traffic replaces its report) and
+refreshes the index, where live reports have their own section.
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ SEED = 0
 CATEGORICAL = ("emotion",)
 DRIFT_DIR = "drift"
 REPORT_KIND = "dataset-drift"
+LIVE_DIR = "live"
+LIVE_REPORT_KIND = "live-drift"
 
 _DRIFTED_COLUMNS_COUNT = "evidently:metric_v2:DriftedColumnsCount"
 _VALUE_DRIFT = "evidently:metric_v2:ValueDrift"
@@ -66,7 +76,6 @@ def check_drift(
 ) -> DriftResult:
     """Compare ``current`` with ``reference`` (or with its own train split when None)."""
     from monitoring.features import dataset_features
-    from monitoring.reports import atomic_write_text, write_index
 
     started = time.perf_counter()
     current_table = dataset_features(current.path)
@@ -91,27 +100,17 @@ def check_drift(
     if ref_df.empty:
         raise DriftError(f"{ref_where}: no decodable reference images to compare with")
 
-    cur_sample = _sample(cur_df, params.max_rows)
-    ref_sample = _sample(ref_df, params.max_rows)
-    numerical, dropped = _usable_numerical(cur_sample, ref_sample)
-    summary = _run_report(
-        cur_sample,
-        ref_sample,
-        numerical=numerical,
-        drift_share=params.share_threshold,
+    compared = _compare(
+        cur_df,
+        ref_df,
+        params,
         title=f"emoflow data drift: {current.revision} ({cur_label}) vs {ref_label}",
     )
-    share = summary["share"]
+    share = compared["share"]
     drifted = share >= params.share_threshold
-
-    out_dir = Path(reports_dir) / DRIFT_DIR
-    out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{safe_name(current.revision)}-vs-{safe_name(ref_file)}"
-    html_path = (out_dir / f"{stem}.html").resolve()
+    html_path = (Path(reports_dir) / DRIFT_DIR / f"{stem}.html").resolve()
     result = DriftResult(drifted=drifted, share=share, reference=ref_label, html_path=html_path)
-
-    atomic_write_text(html_path, summary["html"])
-    seconds = time.perf_counter() - started
     record: dict[str, Any] = {
         "kind": REPORT_KIND,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -121,7 +120,7 @@ def check_drift(
             "commit": current.commit,
             "data": cur_label,
             "rows": len(cur_df),
-            "sampled": len(cur_sample),
+            "sampled": compared["cur_sampled"],
         },
         "reference": {
             "revision": reference.revision if reference else current.revision,
@@ -129,23 +128,12 @@ def check_drift(
             "commit": reference.commit if reference else current.commit,
             "data": ref_label,
             "rows": len(ref_df),
-            "sampled": len(ref_sample),
+            "sampled": compared["ref_sampled"],
         },
         "share_threshold": params.share_threshold,
         "max_rows": params.max_rows,
-        "seed": SEED,
-        "columns": summary["columns"],
-        "dropped_columns": dropped,
-        "drifted_count": summary["count"],
-        "evidently": summary["evidently"],
-        "seconds": round(seconds, 3),
-        "html": html_path.name,
-        "result": result.model_dump(mode="json"),
     }
-    atomic_write_text(
-        html_path.with_suffix(".json"), json.dumps(record, indent=2, default=_json_default) + "\n"
-    )
-    write_index(Path(reports_dir))
+    seconds = _publish(result, compared, record, Path(reports_dir), started)
     log.info(
         "drift %s vs %s: share %.3f (threshold %.2f) -> %s, %s (%.1f s)",
         current.revision,
@@ -157,6 +145,185 @@ def check_drift(
         seconds,
     )
     return result
+
+
+def check_live_drift(
+    reference: DatasetRef,
+    predictions: pandas.DataFrame,
+    params: DriftParams,
+    reports_dir: Path,
+    model_version: int | None,
+    *,
+    log_uri: str | None = None,
+) -> DriftResult:
+    """Compare served traffic (prediction-log rows, `serving.prediction_log.read_predictions`)
+    with the images of ``reference``, the revision the champion ``model_version`` trained on.
+
+    Every row given is compared (the caller picks the window, e.g. the newest
+    ``params.max_rows``); more than ``params.max_rows`` are sampled like dataset rows. Fewer
+    than ``params.min_live_rows`` rows raise `DriftError` and write nothing. ``log_uri`` (where
+    the rows were read, password hidden in messages) is named in that error and the summary.
+    """
+    import pandas as pd
+
+    from monitoring.features import NO_LABEL_EMOTION, dataset_features
+
+    started = time.perf_counter()
+    where = _hide_password(log_uri) if log_uri else "the prediction log"
+    if len(predictions) < params.min_live_rows:
+        raise DriftError(
+            f"{where}: {len(predictions)} predictions, fewer than the {params.min_live_rows} "
+            "a live drift report needs (params.yaml drift.min_live_rows)"
+        )
+    missing = [c for c in (*FEATURES, *CATEGORICAL) if c not in predictions.columns]
+    if missing:
+        raise DriftError(f"{where}: the predictions have no column {', '.join(missing)}")
+    cur_df = predictions.copy()
+    cur_df["emotion"] = cur_df["emotion"].where(cur_df["emotion"].notna(), NO_LABEL_EMOTION)
+    cur_df = cur_df.astype({name: "float64" for name in FEATURES} | {"emotion": "object"})
+    ref_df = dataset_features(reference.path)
+    if ref_df.empty:
+        raise DriftError(f"{reference.path}: no decodable reference images to compare with")
+
+    first, last = _time_range(cur_df)
+    model = f"model v{model_version}" if model_version is not None else "no model version"
+    cur_label = f"{len(cur_df)} predictions" + (
+        f" up to {last:%Y-%m-%d %H:%M:%S} UTC" if last else ""
+    )
+    ref_label = f"{reference.revision} (training data of {model})"
+    compared = _compare(
+        cur_df,
+        ref_df,
+        params,
+        title=f"emoflow live drift: {cur_label} vs {ref_label}",
+    )
+    share = compared["share"]
+    drifted = share >= params.share_threshold
+    when = (last or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    stem = f"live-{when}-vs-{safe_name(reference.revision)}"
+    html_path = (Path(reports_dir) / LIVE_DIR / f"{stem}.html").resolve()
+    result = DriftResult(drifted=drifted, share=share, reference=ref_label, html_path=html_path)
+    versions: dict[str, int] = {}
+    if "model_version" in cur_df.columns:
+        counts = cur_df["model_version"].value_counts(dropna=False)
+        versions = {("none" if pd.isna(v) else str(v)): int(n) for v, n in counts.items()}
+    record: dict[str, Any] = {
+        "kind": LIVE_REPORT_KIND,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model_version": model_version,
+        "current": {
+            "revision": f"live traffic, {model}",
+            "data": cur_label,
+            "source": where,
+            "rows": len(cur_df),
+            "sampled": compared["cur_sampled"],
+            "first": first.isoformat() if first else None,
+            "last": last.isoformat() if last else None,
+            "without_face": int((cur_df["emotion"] == NO_LABEL_EMOTION).sum()),
+            "model_versions": versions,
+        },
+        "reference": {
+            "revision": reference.revision,
+            "digest": reference.digest,
+            "commit": reference.commit,
+            "data": f"{reference.revision} all splits",
+            "rows": len(ref_df),
+            "sampled": compared["ref_sampled"],
+        },
+        "share_threshold": params.share_threshold,
+        "max_rows": params.max_rows,
+        "min_live_rows": params.min_live_rows,
+    }
+    seconds = _publish(result, compared, record, Path(reports_dir), started)
+    log.info(
+        "live drift, %s vs %s: share %.3f (threshold %.2f) -> %s, %s (%.1f s)",
+        cur_label,
+        ref_label,
+        share,
+        params.share_threshold,
+        "drifted" if drifted else "no drift",
+        html_path,
+        seconds,
+    )
+    return result
+
+
+def _compare(
+    cur_df: pandas.DataFrame, ref_df: pandas.DataFrame, params: DriftParams, *, title: str
+) -> dict[str, Any]:
+    """Sample both sides, drop unusable features, run the report; `_run_report`'s summary plus
+    ``cur_sampled``, ``ref_sampled`` and ``dropped``."""
+    cur_sample = _sample(cur_df, params.max_rows)
+    ref_sample = _sample(ref_df, params.max_rows)
+    numerical, dropped = _usable_numerical(cur_sample, ref_sample)
+    summary = _run_report(
+        cur_sample,
+        ref_sample,
+        numerical=numerical,
+        drift_share=params.share_threshold,
+        title=title,
+    )
+    return {
+        **summary,
+        "cur_sampled": len(cur_sample),
+        "ref_sampled": len(ref_sample),
+        "dropped": dropped,
+    }
+
+
+def _publish(
+    result: DriftResult,
+    compared: dict[str, Any],
+    record: dict[str, Any],
+    reports_dir: Path,
+    started: float,
+) -> float:
+    """Write the HTML at ``result.html_path`` and the JSON summary (``record`` plus the report's
+    figures) beside it, both atomically, then refresh the index; return the seconds taken."""
+    from monitoring.reports import atomic_write_text, write_index
+
+    html_path = result.html_path
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(html_path, compared["html"])
+    seconds = time.perf_counter() - started
+    record = {
+        **record,
+        "seed": SEED,
+        "columns": compared["columns"],
+        "dropped_columns": compared["dropped"],
+        "drifted_count": compared["count"],
+        "evidently": compared["evidently"],
+        "seconds": round(seconds, 3),
+        "html": html_path.name,
+        "result": result.model_dump(mode="json"),
+    }
+    atomic_write_text(
+        html_path.with_suffix(".json"), json.dumps(record, indent=2, default=_json_default) + "\n"
+    )
+    write_index(reports_dir)
+    return seconds
+
+
+def _time_range(df: pandas.DataFrame) -> tuple[datetime | None, datetime | None]:
+    """Oldest and newest ``created_at`` (UTC) of the rows, or None when there is none."""
+    import pandas as pd
+
+    if "created_at" not in df.columns:
+        return None, None
+    times = pd.to_datetime(df["created_at"], utc=True).dropna()
+    if times.empty:
+        return None, None
+    return times.min().to_pydatetime(), times.max().to_pydatetime()
+
+
+def _hide_password(uri: str) -> str:
+    """``uri`` with its password (if any) replaced by ``***``, for messages and reports."""
+    import sqlalchemy as sa
+
+    try:
+        return sa.make_url(uri).render_as_string(hide_password=True)
+    except (sa.exc.ArgumentError, ValueError):
+        return uri
 
 
 def _sample(df: pandas.DataFrame, max_rows: int) -> pandas.DataFrame:

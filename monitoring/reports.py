@@ -1,7 +1,8 @@
 """The reports index: ``<reports_dir>/index.html``, the page people open.
 
-It lists every report under the folders of `SECTIONS` (today ``drift/``, written by
-`monitoring.drift.check_drift`), newest first, with its drift share, verdict and a link. A
+It lists every report under the folders of `SECTIONS` (``drift/``, written by
+`monitoring.drift.check_drift`, and ``live/``, by `monitoring.drift.check_live_drift`), each
+folder in its own section, newest first, with its drift share, verdict and a link. A
 report is an ``*.html`` file; the ``*.json`` summary beside it (same stem) gives the figures.
 A report whose summary is missing or unreadable is still listed, with its figures unknown.
 Links are relative, so the folder can be served by any static server or opened from disk.
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 INDEX_NAME = "index.html"
 SECTIONS: tuple[tuple[str, str], ...] = (
     ("drift", "Data drift: each new data revision vs the data of the champion"),
+    ("live", "Live traffic vs training data: the prediction log vs the champion's data"),
 )
 """(folder under reports_dir, heading) of each list on the index page."""
 

@@ -1,8 +1,11 @@
-"""DAG integrity: `emotion_ct` parses in Airflow with no import errors and nothing heavy loaded."""
+"""DAG integrity: `emotion_ct` and `emotion_monitor` parse in Airflow with no import errors and
+nothing heavy loaded."""
 
 import json
 import subprocess
 import sys
+
+import pytest
 
 from conftest import make_settings
 from ml import services
@@ -13,6 +16,7 @@ import json, sys
 from airflow.dag_processing.dagbag import DagBag
 bag = DagBag(dag_folder=sys.argv[1])
 dag = bag.dags["emotion_ct"]
+monitor = bag.dags.get("emotion_monitor")
 print(json.dumps({
     "errors": {k: str(v) for k, v in bag.import_errors.items()},
     "dag_ids": sorted(bag.dag_ids),
@@ -21,6 +25,12 @@ print(json.dumps({
     "train": {"queue": dag.get_task("train").queue, "pool": dag.get_task("train").pool},
     "params": sorted(dag.params.keys()),
     "catchup": dag.catchup, "tags": sorted(dag.tags), "doc": bool(dag.doc_md),
+    "monitor": monitor and {
+        "tasks": [t.task_id for t in monitor.tasks], "schedule": str(monitor.schedule),
+        "timetable": type(monitor.timetable).__name__, "catchup": monitor.catchup,
+        "max_active_runs": monitor.max_active_runs, "tags": sorted(monitor.tags),
+        "doc": bool(monitor.doc_md),
+    },
     "heavy": [m for m in ("torch", "ultralytics", "mlflow", "evidently", "great_expectations",
                           "bentoml", "dvc", "onnxruntime") if m in sys.modules],
 }))
@@ -37,10 +47,15 @@ def parse_dags(tmp_path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_emotion_ct_parses_wires_the_steps_in_order_and_imports_nothing_heavy(tmp_path):
-    parsed = parse_dags(tmp_path)
+@pytest.fixture(scope="module")
+def parsed(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The dags folder parsed once (a DagBag in a fresh Airflow process) for this module."""
+    return parse_dags(tmp_path_factory.mktemp("airflow-parse"))
+
+
+def test_emotion_ct_parses_wires_the_steps_in_order_and_imports_nothing_heavy(parsed):
     assert parsed["errors"] == {}
-    assert parsed["dag_ids"] == ["emotion_ct"]
+    assert parsed["dag_ids"] == ["emotion_ct", "emotion_monitor"]
     assert parsed["order"] == [
         "pull", "validate", "train", "register", "evaluate", "drift", "promote",
     ]  # fmt: skip
@@ -49,6 +64,18 @@ def test_emotion_ct_parses_wires_the_steps_in_order_and_imports_nothing_heavy(tm
     assert parsed["train"] == {"queue": "gpu", "pool": "gpu"}
     assert parsed["params"] == ["epochs", "imgsz", "revision"]
     assert parsed["catchup"] is False and "emoflow" in parsed["tags"] and parsed["doc"]
+    assert parsed["heavy"] == []
+
+
+def test_emotion_monitor_parses_hourly_with_its_one_task(parsed):
+    assert parsed["errors"] == {}
+    monitor = parsed["monitor"]
+    assert monitor is not None, parsed["dag_ids"]
+    assert monitor["tasks"] == ["live_drift"]
+    assert monitor["schedule"] == "@hourly"
+    assert monitor["timetable"] == "CronTriggerTimetable"  # runs at each hour, no catch-up
+    assert monitor["catchup"] is False and monitor["max_active_runs"] == 1
+    assert "emoflow" in monitor["tags"] and monitor["doc"]
     assert parsed["heavy"] == []
 
 
