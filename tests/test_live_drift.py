@@ -3,7 +3,9 @@ step `ml.pipeline.monitor_live`.
 
 The reference is a small drawn dataset (`ml.sample_data.generate`); the traffic is more faces
 drawn the same way (other seeds), recorded through the real `PredictionLog` into a SQLite file
-and read back with `read_predictions`, as the service and the DAG do.
+and read back with `read_predictions`, as the service and the DAG do. `monitor_live` finds
+its champion in the real MLflow server (`mlflow_settings`) and pulls the champion's data
+revision from a real DVC data registry made here with `ml.data_registry.add_batch`.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ml.config import EMOTIONS, DriftParams
-from ml.records import DatasetRef, DriftResult, ModelRef
+from conftest import free_port
+from ml import data_registry
+from ml.config import EMOTIONS, DriftParams, Settings
+from ml.data_registry import Revision
+from ml.records import DatasetRef, DriftResult, ModelRef, TrainResult
 from ml.sample_data import IMAGE_SIZE, draw_face, generate
 from monitoring.features import FEATURES
 from serving.prediction_log import PredictionLog, read_predictions
@@ -162,62 +167,132 @@ def test_too_few_predictions_is_a_clear_error_and_writes_nothing(reference, tmp_
 # ------------------------------------------------------------------- ml.pipeline.monitor_live
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Settings for `monitor_live`: home and prediction log in tmp_path, min_live_rows 20."""
-    params = tmp_path / "params.yaml"
+def live_settings(
+    home: Path, mlflow_settings: Settings, model_name: str, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    """Point `Settings()`, which `monitor_live` reads, at `home`, the real MLflow server and the
+    model `model_name` (its own, so other tests' models stay out); min_live_rows 20, max_rows 30.
+    Returns those Settings, read back from the environment as `monitor_live` reads them."""
+    params = home.parent / "params.yaml"
     params.write_text("drift:\n  min_live_rows: 20\n  max_rows: 30\n")
-    monkeypatch.setenv("EMOFLOW_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("EMOFLOW_HOME", str(home))
+    monkeypatch.setenv("EMOFLOW_MLFLOW_TRACKING_URI", mlflow_settings.mlflow_tracking_uri)
+    monkeypatch.setenv("EMOFLOW_MODEL_NAME", model_name)
     monkeypatch.setenv("EMOFLOW_PARAMS_FILE", str(params))
-    monkeypatch.setenv("EMOFLOW_PREDICTION_LOG_URI", f"sqlite:///{tmp_path / 'log.db'}")
-    return tmp_path
+    monkeypatch.setenv("EMOFLOW_PREDICTION_LOG_URI", f"sqlite:///{home.parent / 'log.db'}")
+    for name in ("EMOFLOW_DATA_REPO", "EMOFLOW_DVC_REMOTE_URL"):
+        monkeypatch.delenv(name, raising=False)  # the data registry lives under `home`
+    settings = Settings()
+    assert settings.model_name == model_name and settings.home == home
+    return settings
+
+
+def tiny_onnx(path: Path) -> Path:
+    """A valid one-node ONNX model: the registry stores files, it does not run them."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph), path)
+    return path
+
+
+def register_trained_on(settings: Settings, revision: Revision, folder: Path) -> ModelRef:
+    """A run with model files logged in the real MLflow server and registered as a new version
+    of `settings.model_name`, trained (its tags say) on the data revision `revision`."""
+    import mlflow
+
+    from ml import registry
+
+    registry.client(settings)
+    mlflow.set_experiment("test-live-drift")
+    folder.mkdir(parents=True)
+    weights = folder / "best.pt"
+    weights.write_bytes(b"weights trained on " + revision.name.encode())
+    with mlflow.start_run() as run:
+        model_uri = registry.log_model_files(weights, tiny_onnx(folder / "best.onnx"))
+    train = TrainResult(
+        run_id=run.info.run_id, model_uri=model_uri, weights=weights, onnx=folder / "best.onnx",
+        metrics={"map50": 0.5}, device="cpu", seconds=0.0, imgsz=IMAGE_SIZE,
+    )  # fmt: skip
+    dataset = DatasetRef(
+        revision=revision.name, commit=revision.commit, digest=revision.digest,
+        path=Path(settings.registry_repo) / data_registry.DATASET,
+    )  # fmt: skip
+    return registry.register(train, dataset, {"source": "tests/test_live_drift.py"}, settings)
 
 
 def test_monitor_live_skips_without_enough_traffic_or_a_champion(
-    home: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    mlflow_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ):
     from ml import pipeline
 
-    def no_registry(*args):
-        raise AssertionError("the registry is not asked while traffic is too thin")
-
-    monkeypatch.setattr(pipeline.registry, "version_by_alias", no_registry)
+    # A model name with nothing registered under it: the real server has no champion for it.
+    settings = live_settings(tmp_path / "home", mlflow_settings, "live-drift-none", monkeypatch)
+    # While traffic is too thin the registry must not be asked: until then the tracking URI
+    # names a loopback port nothing listens on, and MLflow does not retry, so asking fails.
+    monkeypatch.setenv("EMOFLOW_MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     caplog.set_level(logging.INFO, logger="emoflow.pipeline")
     assert pipeline.monitor_live() is None  # no log file at all yet
-    assert "0 predictions" in caplog.text and str(home / "log.db") in caplog.text
+    assert "0 predictions" in caplog.text and str(tmp_path / "log.db") in caplog.text
 
-    uri = f"sqlite:///{home / 'log.db'}"
+    uri = f"sqlite:///{tmp_path / 'log.db'}"
     log_traffic(uri, traffic(19, seed=10))
     assert pipeline.monitor_live() is None
     assert "19 predictions" in caplog.text and "20 needed" in caplog.text
+    assert "no champion yet" not in caplog.text
 
     log_traffic(uri, traffic(1, seed=11))
-    monkeypatch.setattr(pipeline.registry, "version_by_alias", lambda settings, alias: None)
+    monkeypatch.setenv("EMOFLOW_MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
     assert pipeline.monitor_live() is None
     assert "no champion yet" in caplog.text
-    assert not (home / "home" / "reports").exists()
+    assert not (tmp_path / "home" / "reports").exists()
 
 
 def test_monitor_live_compares_the_newest_predictions_with_the_champions_data(
-    reference, home: Path, monkeypatch: pytest.MonkeyPatch
+    reference, tmp_path: Path, mlflow_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ):
-    from ml import pipeline
+    from ml import pipeline, registry
 
-    log_traffic(f"sqlite:///{home / 'log.db'}", traffic(40, seed=12))
-    champion = ModelRef(name="emotion-detector", version=4, run_id="run")
-    monkeypatch.setattr(pipeline.registry, "version_by_alias", lambda settings, alias: champion)
-    asked = []
-    monkeypatch.setattr(
-        pipeline, "champion_dataset", lambda model: asked.append(model) or reference
-    )
+    home = tmp_path / "home"
+    settings = live_settings(home, mlflow_settings, "live-drift-champion", monkeypatch)
+    # The real data registry: r1 holds the drawn reference dataset, r2 adds a few more faces.
+    r1 = data_registry.add_batch(settings, reference.path, "drawn faces, seed 0")
+    more = tmp_path / "more"
+    generate(more, train=4, valid=2, test=2, seed=5, prefix="m")
+    r2 = data_registry.add_batch(settings, more, "drawn faces, seed 5")
+    assert (r1.name, r2.name) == ("r1", "r2")
+    # The champion, v1, was trained on r1; a newer challenger, v2, on r2 (the latest revision).
+    champion = register_trained_on(settings, r1, tmp_path / "v1")
+    challenger = register_trained_on(settings, r2, tmp_path / "v2")
+    assert (champion.version, challenger.version) == (1, 2)
+    assert registry.promote(settings, champion.version, "test fixture").champion == 1
+    tags = registry.client(settings).get_model_version(settings.model_name, "1").tags
+    assert tags["data_revision"] == "r1"
+    assert not (home / "workspaces").exists()  # nothing pulled yet: monitor_live must pull r1
+    log_traffic(f"sqlite:///{tmp_path / 'log.db'}", traffic(40, seed=12))
 
     result = pipeline.monitor_live()
 
-    assert asked == [champion]
     assert isinstance(result, DriftResult) and not result.drifted
-    assert result.reference == "r1 (training data of model v4)"
-    assert result.html_path.parent == (home / "home" / "reports" / "live").resolve()
+    assert result.reference == "r1 (training data of model v1)"
+    assert result.html_path.parent == (home / "reports" / "live").resolve()
     summary = json.loads(result.html_path.with_suffix(".json").read_text())
+    assert summary["model_version"] == 1
     assert summary["current"]["rows"] == 30  # drift.max_rows: the newest 30 of 40
-    assert summary["current"]["source"] == f"sqlite:///{home / 'log.db'}"
-    assert (home / "home" / "reports" / "index.html").is_file()
+    assert summary["current"]["source"] == f"sqlite:///{tmp_path / 'log.db'}"
+    # The champion's revision, pulled from the DVC registry: r1's identity and its 100 faces.
+    assert summary["reference"]["revision"] == "r1"
+    assert summary["reference"]["commit"] == r1.commit
+    assert summary["reference"]["digest"] == r1.digest
+    assert summary["reference"]["rows"] == 100
+    assert [p.name for p in (home / "workspaces").iterdir()] == [f"r1-{r1.digest[:12]}"]
+    assert (home / "reports" / "index.html").is_file()
