@@ -532,3 +532,39 @@ def generate(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir / "data.yaml"
+
+
+def compose_frame(
+    faces: list[tuple[Image.Image, tuple[float, float, float, float], int]],
+    *,
+    width: int = 640,
+    height: int = 480,
+    sizes: tuple[int, int] = (80, 140),
+    seed: int = 0,
+) -> tuple[Image.Image, list[tuple[tuple[float, float, float, float], int]]]:
+    """A camera-like frame: `faces` (crop image, its normalised YOLO face box, class id), each
+    scaled to a side in `sizes` and placed apart from the others on a drawn background.
+
+    Returns the frame and, per face, its box in frame pixels (x1, y1, x2, y2) and class id.
+    Raises ValueError when the faces do not fit apart in the frame.
+    """
+    rng = np.random.default_rng(seed)
+    frame = _background(rng, max(width, height)).crop((0, 0, width, height))
+    placed: list[tuple[float, float, float, float]] = []
+    truth = []
+    for crop, (cx, cy, bw, bh), class_id in faces:
+        side = int(rng.integers(sizes[0], sizes[1] + 1))
+        for _ in range(200):
+            x, y = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
+            if all(x + side <= a or a + (c - a) <= x or y + side <= b or d <= y
+                   for a, b, c, d in placed):  # fmt: skip
+                break
+        else:
+            raise ValueError(f"{len(faces)} faces of up to {sizes[1]} px do not fit apart in "
+                             f"{width}x{height}")  # fmt: skip
+        frame.paste(crop.convert("RGB").resize((side, side), Image.Resampling.BILINEAR), (x, y))
+        placed.append((x, y, x + side, y + side))
+        box = (x + (cx - bw / 2) * side, y + (cy - bh / 2) * side,
+               x + (cx + bw / 2) * side, y + (cy + bh / 2) * side)  # fmt: skip
+        truth.append((box, class_id))
+    return frame, truth

@@ -10,9 +10,9 @@ AffectNet). A face crop is answered from one view of the whole image, exactly as
 would. A camera frame with several small faces would shrink each face to a few pixels in that
 one view, so an image more than twice the model input is also cut into overlapping square
 windows, each letterboxed like a crop: sides of 1/2, 1/3, ... of the image's shorter side
-while a window stays at least twice the model input and the views stay at most `MAX_VIEWS`,
+while a window stays at least 1.5 x the model input and the views stay at most `MAX_VIEWS`,
 half a window apart, so a face up to half a window wide lies wholly inside one window (a 640 x
-480 frame at 96 px: 15 windows of 240 px; faces from about 60 px up are found).
+480 frame at 96 px: 15 windows of 240 px and 35 of 160 px).
 Every view goes through the model in one batch; boxes found in the windows are mapped back to
 the frame, those cut by a window's inner edge are dropped, and one box is kept per face
 (class-agnostic suppression by overlap or containment, most confident first). The emotion
@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 PAD_VALUE = 114
 MAX_WH = 7680  # per-class box offset for class-aware NMS, as ultralytics does
 TILE_ABOVE = 2.0  # cut an image into windows when its longer side exceeds this x model input
+MIN_WINDOW = 1.5  # smallest window side, x model input
 MAX_VIEWS = 64  # whole image + windows; finer levels are left out beyond this
 CUT_MARGIN = 2.0  # px: a window box this close to an inner window edge is a cut face
 CONTAINED = 0.6  # a box this much inside a kept box (intersection / its area) is the same face
@@ -175,7 +176,7 @@ def windows(height: int, width: int, input_side: int) -> list[tuple[int, int, in
         return views
     for fraction in range(2, 9):
         side = min(height, width) // fraction
-        if side < TILE_ABOVE * input_side:
+        if side < MIN_WINDOW * input_side:
             break
         stride = max(side // 2, 1)
         xs = [*range(0, width - side, stride), width - side]

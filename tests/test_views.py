@@ -22,11 +22,12 @@ def test_a_crop_is_one_view_of_the_whole_image() -> None:
 
 
 def test_a_frame_gets_overlapping_windows_that_cover_it() -> None:
-    assert {w for _, _, w, _ in windows(480, 640, 96)[1:]} == {240}  # half the shorter side
+    assert {w for _, _, w, _ in windows(480, 640, 96)[1:]} == {240, 160}  # 1/2, 1/3 of 480
     views = windows(960, 1280, 96)
     assert views[0] == (0, 0, 1280, 960)
     sides = sorted({w for _, _, w, h in views[1:] if w == h}, reverse=True)
     assert sides == [480, 320]  # 1/2 and 1/3 (1/4 would pass MAX_VIEWS)
+    assert windows(280, 280, 96) == [(0, 0, 280, 280)]  # 140 px windows: under 1.5 x the input
     for x, y, w, h in views:
         assert 0 <= x and 0 <= y and x + w <= 1280 and y + h <= 960
     for side in sides:  # any face up to half a window wide lies wholly inside some window
