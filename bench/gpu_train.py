@@ -34,6 +34,7 @@ from pathlib import Path
 from ml.config import EMOTIONS, PROJECT_ROOT, Settings, TrainParams, resolve_device
 from ml.energy import EnergyMeter
 from ml.layouts import SPLITS, write_data_yaml
+from ml.machine import cpu_model
 from ml.records import DatasetRef
 from ml.sample_data import generate
 from ml.train import data_imgsz, train
@@ -47,7 +48,7 @@ def machine() -> dict:
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
-        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "gpu": gpu,
+        "cpu": cpu_model(), "cores": os.cpu_count(), "gpu": gpu,
         "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
     }  # fmt: skip
 

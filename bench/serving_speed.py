@@ -52,6 +52,7 @@ import numpy as np
 
 from ml import registry, services, yolo
 from ml.config import PROJECT_ROOT, Settings
+from ml.machine import cpu_model
 from ml.records import DatasetRef, TrainResult
 
 RESULTS = PROJECT_ROOT / "bench" / "results" / "serving_speed.json"
@@ -68,14 +69,7 @@ _INHERITED = {key: os.environ.get(key) for key in ("OMP_NUM_THREADS", "YOLO_VERB
 
 
 def machine() -> dict:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     try:
         nproc = int(subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip())
     except (OSError, ValueError):

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from ml.config import PROJECT_ROOT, ValidateParams
+from ml.machine import cpu_model
 from ml.records import DatasetRef
 
 RESULTS = PROJECT_ROOT / "bench" / "results" / "validate_speed.json"
@@ -40,14 +41,7 @@ POOL = 256  # distinct drawn faces; every file gets its own stamp on top of one 
 
 
 def machine() -> dict:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     return {
         "cpu_count": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,

@@ -74,3 +74,17 @@ def untrained_weights(images, path: Path, config_dir: Path) -> Path:
         hook.remove()
     torch.save({"model": model}, path)
     return path
+
+
+def tiny_onnx(path: Path) -> Path:
+    """A valid one-node ONNX model: the registry stores files, it does not care what they do."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph), path)
+    return path

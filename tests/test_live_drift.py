@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import free_port
+from conftest import free_port, tiny_onnx
 from ml import data_registry
 from ml.config import EMOTIONS, DriftParams, Settings
 from ml.data_registry import Revision
@@ -185,20 +185,6 @@ def live_settings(
     settings = Settings()
     assert settings.model_name == model_name and settings.home == home
     return settings
-
-
-def tiny_onnx(path: Path) -> Path:
-    """A valid one-node ONNX model: the registry stores files, it does not run them."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-    )  # fmt: skip
-    onnx.save(helper.make_model(graph), path)
-    return path
 
 
 def register_trained_on(settings: Settings, revision: Revision, folder: Path) -> ModelRef:

@@ -8,24 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_onnx
 from ml import pipeline, registry, services
 from ml.config import PROJECT_ROOT
 from ml.records import DatasetRef, EvalResult, GateResult, TrainResult
-
-
-def tiny_onnx(path: Path) -> Path:
-    """A valid one-node ONNX model: the registry stores files, it does not care what they do."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-    )  # fmt: skip
-    onnx.save(helper.make_model(graph), path)
-    return path
-
 
 DATASET = DatasetRef(revision="r1", commit="c" * 40, digest="d" * 32, path=Path("/nowhere"))
 
