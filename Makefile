@@ -1,7 +1,7 @@
 # The two commands a newcomer needs:
 #   make demo   one full continual-training cycle on generated sample data, ending with a served model
 #   make test   the test suite (unit, integration against real servers, end to end through Airflow)
-.PHONY: setup demo test test-fast lint bench bench-serving stop clean
+.PHONY: setup demo test test-fast lint bench bench-serving bench-gpu stop clean
 
 setup:
 	bash scripts/setup.sh
@@ -24,6 +24,10 @@ bench: setup
 
 bench-serving: setup
 	.venv/bin/python bench/serving_speed.py
+
+# on a GPU worker: the training step vs plain `yolo train`, imgsz 96 vs 640, raw GPU inference
+bench-gpu: setup
+	.venv/bin/python bench/gpu_train.py
 
 stop:
 	.venv/bin/emoflow stop all
