@@ -223,6 +223,15 @@ def decode_images(files: list[bytes], max_pixels: int) -> list[np.ndarray]:
     return images
 
 
+def static_file(folder: Path, path: str, what: str) -> FileResponse:
+    """The file `path` under `folder` (its index.html for an empty path), never outside it."""
+    root = folder.resolve()
+    target = (root / (path or "index.html")).resolve()
+    if not target.is_relative_to(root) or not target.is_file():
+        raise ApiError(404, "not found", f"no {what} named {path!r} in {root}")
+    return FileResponse(target)
+
+
 def answer(served: ServedModel, image: np.ndarray, faces: list[Face]) -> dict:
     best = faces[0] if faces else None
     return {
@@ -265,9 +274,8 @@ class EmotionService:
         if self.poller is not None:
             self.poller.cancel()
         await asyncio.to_thread(self.batcher.close)
-        await asyncio.to_thread(
-            self.prediction_log.close
-        )  # every record queued so far is written before exit
+        # every record queued so far is written before the process exits
+        await asyncio.to_thread(self.prediction_log.close)
 
     async def _poll(self) -> None:
         while True:
@@ -368,19 +376,11 @@ class EmotionService:
 
     @app.get("/reports/{path:path}")
     async def reports(self, path: str) -> Response:
-        root = self.settings.reports_dir.resolve()
-        target = (root / (path or "index.html")).resolve()
-        if not target.is_relative_to(root) or not target.is_file():
-            raise ApiError(404, "not found", f"no report named {path!r} in {root}")
-        return FileResponse(target)
+        return static_file(self.settings.reports_dir, path, "report")
 
     @app.get("/ui/{path:path}", include_in_schema=False)
     async def ui(self, path: str) -> Response:
-        root = STATIC_DIR.resolve()
-        target = (root / (path or "index.html")).resolve()
-        if not target.is_relative_to(root) or not target.is_file():
-            raise ApiError(404, "not found", f"no page named {path!r}")
-        return FileResponse(target)
+        return static_file(STATIC_DIR, path, "page")
 
     @app.post("/predict", openapi_extra=multipart_body(IMAGE_FIELD, 1))
     async def predict(self, request: Request) -> JSONResponse:
