@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     dvc_remote_url: str | None = None
     serve_host: str = "127.0.0.1"
     serve_port: int = 3000
+    serve_workers: int = Field(
+        0, ge=0, description="Worker processes of the service; 0 = one per CPU core."
+    )
     serve_poll_seconds: float = Field(
         30, ge=0, description="How often the service checks the alias champion (0 = never)."
     )

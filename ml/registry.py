@@ -81,6 +81,12 @@ def version_by_alias(settings: Settings, alias: str) -> ModelRef | None:
     return ModelRef(name=settings.model_name, version=int(mv.version), run_id=mv.run_id)
 
 
+def version_ref(settings: Settings, version: int) -> ModelRef:
+    """The registered version `version` of the model."""
+    mv = client(settings).get_model_version(settings.model_name, str(version))
+    return ModelRef(name=settings.model_name, version=int(mv.version), run_id=mv.run_id)
+
+
 def download_onnx(settings: Settings, ref: ModelRef, dst: Path) -> Path:
     """Download the ONNX file of a model version into `dst`; returns the .onnx path."""
     import mlflow

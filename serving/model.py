@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import ast
 import logging
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,17 +224,60 @@ def merge_views(boxes: np.ndarray, confidences: np.ndarray, iou: float) -> np.nd
     return np.array(keep, dtype=np.int64)
 
 
-class Detector:
-    """An ONNX Runtime session over a YOLOv8 detection export."""
+def torch_forward(weights: Path, device: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The forward pass of the PyTorch weights on `device` (half precision on CUDA), taking and
+    giving what the ONNX export does: (n, 3, h, w) float32 -> (n, 4 + nc, N) float32."""
+    import torch
 
-    def __init__(self, onnx_path: Path) -> None:
+    from ml import yolo
+
+    yolo.load(Path(tempfile.gettempdir()) / "emoflow-ultralytics")  # the classes the file names
+    checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
+    model = (checkpoint.get("ema") or checkpoint["model"]).float().fuse(verbose=False).eval()
+    half = device.startswith("cuda")
+    model = model.to(device).half() if half else model.to(device)
+
+    @torch.inference_mode()
+    def forward(batch: np.ndarray) -> np.ndarray:
+        inputs = torch.from_numpy(batch).to(device, non_blocking=True)
+        output = model(inputs.half() if half else inputs)
+        output = output[0] if isinstance(output, list | tuple) else output
+        return output.float().cpu().numpy()
+
+    return forward
+
+
+def cuda_present() -> bool:
+    """Whether torch sees a CUDA GPU; torch is not imported where no NVIDIA driver is."""
+    if not Path("/proc/driver/nvidia").exists():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class Detector:
+    """A YOLOv8 detection export: ONNX Runtime (CPU, or CUDA with onnxruntime-gpu), or, given
+    the PyTorch `weights` and a `device`, torch on that device."""
+
+    def __init__(
+        self, onnx_path: Path, threads: int = 0, weights: Path | None = None, device: str = "cpu"
+    ) -> None:
+        """`threads`: ONNX Runtime's intra-op threads (0: one per core)."""
         import onnxruntime as ort
 
         available = ort.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        self.session = ort.InferenceSession(str(onnx_path), providers=providers)
+        options = ort.SessionOptions()
+        # ONNX Runtime's pool threads spin for a while after each call by default, burning the
+        # cores that the service's HTTP, decoding and post-processing need between calls.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
         self.names, self.imgsz = _metadata(self.session, onnx_path)
+        self.torch = torch_forward(weights, device) if weights is not None else None
+        self.runtime = f"torch {device}" if self.torch else f"onnxruntime {providers[0]}"
 
     def prepare(self, image: np.ndarray) -> Prepared:
         """An (H, W, 3) uint8 RGB image as model input: every view letterboxed, stacked."""
@@ -246,6 +291,8 @@ class Detector:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """The raw model output (n, 4 + nc, N) of a stacked input (n, 3, h, w)."""
+        if self.torch is not None:
+            return self.torch(batch)
         return self.session.run(None, {self.input_name: batch})[0]
 
     def faces(
@@ -290,10 +337,14 @@ class ServedModel:
     detector: Detector
 
 
-def load_version(settings: Settings, ref: ModelRef) -> ServedModel:
-    """A registered version, downloaded and opened (the caller decides when to serve it)."""
+def load_version(settings: Settings, ref: ModelRef, threads: int = 0) -> ServedModel:
+    """A registered version, downloaded and opened (the caller decides when to serve it): its
+    PyTorch weights on the GPU where torch sees one, else its ONNX export on the CPU with
+    `threads` inference threads."""
     dst = settings.home / "serving" / f"{ref.name}-v{ref.version}"
     dst.mkdir(parents=True, exist_ok=True)
     onnx_path = registry.download_onnx(settings, ref, dst)
-    logger.info("loaded %s version %s from %s", ref.name, ref.version, onnx_path)
-    return ServedModel(ref, Detector(onnx_path))
+    weights = registry.download_weights(settings, ref, dst) if cuda_present() else None
+    detector = Detector(onnx_path, threads, weights, "cuda" if weights else "cpu")
+    logger.info("loaded %s version %s (%s)", ref.name, ref.version, detector.runtime)
+    return ServedModel(ref, detector)

@@ -1,13 +1,13 @@
 """The BentoML service: `bentoml serve serving.service:EmotionService`.
 
-Routes are FastAPI methods of the service class (`@bentoml.asgi_app`), so the service reads
-the upload itself: BentoML's own `PIL.Image` input answers 500 (or fetches a text part as a
-URL) before any of our code runs. Every bad input gets a 4xx JSON `{"error", "detail"}`.
+Routes are FastAPI functions of the app the service mounts (`@bentoml.asgi_app`), so the
+service reads the upload itself: BentoML's own `PIL.Image` input answers 500 (or fetches a text
+part as a URL) before any of our code runs. Every bad input gets a 4xx JSON `{"error", "detail"}`.
 
     POST /predict        multipart file field `image` (PNG, JPEG, WEBP or BMP) -> faces, emotions
     POST /predict/batch  multipart file fields `images` (at most 32) -> one answer per image
     POST /reload         serve the version `champion` names now (bearer token)
-    GET  /health         liveness
+    GET  /health         liveness, and which worker process answered
     GET  /ready          200 with the model version once the champion is loaded, else 503
     GET  /reports/       the drift report pages (the files under <home>/reports)
     GET  /ui/            the web page: upload a photo or use the webcam, see faces and emotions
@@ -15,19 +15,22 @@ URL) before any of our code runs. Every bad input gets a 4xx JSON `{"error", "de
 
 Every response of these routes carries the served version in the header `X-Model-Version`,
 and every JSON body in `model_version`. What is served follows the alias `champion`: a poll
-every `serve_poll_seconds` and POST /reload load the new version beside the old one, then
-move one reference; a request in flight finishes on the model it started with.
+every `serve_poll_seconds` and POST /reload have every worker process load the new version
+beside the old one, then all switch at once (serving/switch.py); a request in flight finishes
+on the model it started with.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import io
 import logging
+import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 from http import HTTPStatus
 from pathlib import Path
@@ -38,15 +41,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from PIL import Image, ImageOps
 from prometheus_client import Counter, Gauge, Histogram
-from starlette.datastructures import UploadFile
+from starlette.datastructures import MutableHeaders, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ml import registry
 from ml.config import Settings
 from serving.batching import Batcher
 from serving.model import Face, Prepared, ServedModel, load_version
 from serving.prediction_log import PredictionLog
+from serving.switch import WATCH_SECONDS, Switchboard
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +68,7 @@ REQUESTS = Counter(
     "emoflow_requests", "Requests answered, by route and status.", ["method", "route", "status"]
 )
 LATENCY = Histogram(
-    "emoflow_request_duration_seconds", "Seconds from request to response head, by route.",
+    "emoflow_request_duration_seconds", "Seconds from request to the end of the answer, by route.",
     ["route"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )  # fmt: skip
 MODEL_VERSION = Gauge(
@@ -92,7 +98,7 @@ class ApiError(Exception):
 
 
 def current_version() -> int | None:
-    served = bentoml.get_current_service().served
+    served = served_by().served
     return served.ref.version if served else None
 
 
@@ -115,19 +121,35 @@ async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
     return error_response(exc.status_code, error, str(exc.detail), headers=exc.headers)
 
 
-@app.middleware("http")
-async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]):
-    """Count and time every request by its route template; stamp the served version."""
-    start, status = time.perf_counter(), 500
-    try:
-        response = await call_next(request)
-        status = response.status_code
-        response.headers.setdefault(VERSION_HEADER, str(current_version()))
-        return response
-    finally:
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        REQUESTS.labels(request.method, route, str(status)).inc()
-        LATENCY.labels(route).observe(time.perf_counter() - start)
+class Observe:
+    """ASGI middleware: count and time every request by its route template, and stamp the
+    served version on every response. (Plain ASGI: Starlette's `BaseHTTPMiddleware` would run
+    each request through an extra task and memory stream.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500
+
+        async def stamped(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message).setdefault(VERSION_HEADER, str(current_version()))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, stamped)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            REQUESTS.labels(scope["method"], route, str(status)).inc()
+            LATENCY.labels(route).observe(time.perf_counter() - start)
+
+
+app.add_middleware(Observe)
 
 
 def _too_large(limit: int) -> ApiError:
@@ -162,6 +184,9 @@ async def read_files(request: Request, field: str, max_files: int, limit: int) -
         form = await parser.parse()
     except MultiPartException as exc:
         raise ApiError(400, "bad multipart body", exc.message) from None
+    except ClientDisconnect:  # counted as nginx does, not as a failure of the service
+        detail = "the client left before its upload arrived"
+        raise ApiError(499, "client closed request", detail) from None
     try:
         uploads = form.getlist(field)
         if not uploads:
@@ -244,7 +269,14 @@ def answer(served: ServedModel, image: np.ndarray, faces: list[Face]) -> dict:
     }
 
 
-@bentoml.service(workers=1)
+# One worker process per core by default, each with single-threaded inference: HTTP, decoding
+# and post-processing are Python and share a process's one interpreter lock, so one process
+# cannot keep two cores busy. Every worker serves the same version (serving/switch.py).
+WORKERS = Settings().serve_workers or os.cpu_count() or 1
+SWAP_TIMEOUT = 120.0  # seconds the workers get to load a new version before a swap gives up
+
+
+@bentoml.service(workers=WORKERS)
 @bentoml.asgi_app(app, path="/")
 class EmotionService:
     """Detects faces and their emotion with the model registered as `champion`."""
@@ -252,27 +284,46 @@ class EmotionService:
     def __init__(self) -> None:
         self.settings = Settings()
         self.load_error: str | None = None
-        self.served: ServedModel | None = None  # swapped whole: one reference, one assignment
-        self.reload_lock = asyncio.Lock()
-        self.poller: asyncio.Task | None = None
+        self.models: dict[int, ServedModel] = {}  # loaded in this worker, by version
+        self.last_served: ServedModel | None = None
+        self.switch = Switchboard(
+            self.settings.home / "run", self.settings.serve_port,
+            bentoml.server_context.worker_index or 1, WORKERS,
+        )  # fmt: skip
+        self.threads = max(1, (os.cpu_count() or 1) // WORKERS)  # inference threads per worker
+        self.reload_lock, self.load_lock = asyncio.Lock(), asyncio.Lock()
+        self.tasks: list[asyncio.Task] = []
         # Model calls on one thread, in batches of whatever requests wait together (adaptive
         # batching); decoding and letterboxing run beside it in worker threads.
         self.batcher = Batcher()
         # Features and answers of every prediction, written by its own thread off the request path.
         self.prediction_log = PredictionLog(self.settings.prediction_log)
 
+    @property
+    def served(self) -> ServedModel | None:
+        """The model of the version all workers serve now; until this worker has it (just
+        started), the one it served last."""
+        model = self.models.get(self.switch.serving)
+        if model is not None:
+            self.last_served = model
+        return self.last_served
+
     @bentoml.on_startup
     async def _start(self) -> None:
         self.prediction_log.start()
         with contextlib.suppress(Exception):  # the service stays up and says why in /ready
             await self.follow_champion()
+        self.tasks.append(asyncio.create_task(self._watch()))
         if self.settings.serve_poll_seconds > 0:
-            self.poller = asyncio.create_task(self._poll())
+            self.tasks.append(asyncio.create_task(self._poll()))
+        # What is loaded by now lives as long as the process: leave it out of the collector's
+        # full passes, which would otherwise stall requests for tens of milliseconds.
+        gc.freeze()
 
     @bentoml.on_shutdown
     async def _stop(self) -> None:
-        if self.poller is not None:
-            self.poller.cancel()
+        for task in self.tasks:
+            task.cancel()
         await asyncio.to_thread(self.batcher.close)
         # every record queued so far is written before the process exits
         await asyncio.to_thread(self.prediction_log.close)
@@ -283,9 +334,51 @@ class EmotionService:
             with contextlib.suppress(Exception):  # logged; the served model stays
                 await self.follow_champion()
 
+    async def _watch(self) -> None:
+        """Load the versions another worker wants or serves; forget the ones nobody needs."""
+        failed: set[int] = set()
+        while True:
+            await asyncio.sleep(WATCH_SECONDS)
+            needed = {self.switch.wanted, self.switch.serving} - {0}
+            for version in needed - set(self.models) - failed:
+                try:
+                    await self._load(version)
+                except Exception:
+                    logger.exception("could not load version %s that another worker wants", version)
+                    failed.add(version)
+            for version in set(self.models) - needed:
+                del self.models[version]  # a request still using it keeps it until it answers
+                self.switch.report_loaded(set(self.models))
+
+    async def _load(self, version: int) -> ServedModel:
+        """Version `version` loaded beside the others (download, inference session)."""
+        async with self.load_lock:
+            if version not in self.models:
+                ref = await asyncio.to_thread(registry.version_ref, self.settings, version)
+                self.models[version] = await asyncio.to_thread(
+                    load_version, self.settings, ref, self.threads
+                )
+                self.switch.report_loaded(set(self.models))
+            return self.models[version]
+
+    async def _swap(self, version: int) -> None:
+        """Make every worker serve `version`: all load it, then all switch (serving/switch.py)."""
+        self.switch.want(version)
+        await self._load(version)
+        deadline = time.monotonic() + SWAP_TIMEOUT
+        while missing := self.switch.missing(version):
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"worker(s) {missing} of {WORKERS} did not load version {version} within "
+                    f"{SWAP_TIMEOUT:g} s; every worker goes on serving what it served"
+                )
+            await asyncio.sleep(WATCH_SECONDS / 2)
+        if self.switch.wanted == version:  # else a newer champion came meanwhile: it goes next
+            self.switch.serve(version)
+
     async def follow_champion(self) -> dict:
-        """Serve the version `champion` names if it is not the one served: load it beside the
-        current one (download, inference session), then swap the reference."""
+        """Serve the version `champion` names if it is not the one served: every worker loads
+        it beside the current one, then all swap at once."""
         async with self.reload_lock:
             old = self.served
             try:
@@ -293,18 +386,20 @@ class EmotionService:
                     registry.version_by_alias, self.settings, registry.CHAMPION
                 )
                 if ref is not None and (old is None or old.ref.version != ref.version):
-                    self.served = await asyncio.to_thread(load_version, self.settings, ref)
+                    await self._swap(ref.version)
                 self.load_error = None
             except Exception as exc:
                 logger.exception("could not load the champion model")
                 self.load_error = f"{type(exc).__name__}: {exc}"
                 raise
-            version = self.served.ref.version if self.served else None
+            new = self.served
+            version = new.ref.version if new else None
             MODEL_VERSION.set(version or 0)
             return {
-                "reloaded": self.served is not old,
+                "reloaded": new is not old,
                 "previous_version": old.ref.version if old else None,
                 "model_version": version,
+                "workers": WORKERS,
             }
 
     def _model(self) -> ServedModel:
@@ -342,61 +437,86 @@ class EmotionService:
 
         return await asyncio.to_thread(finish)
 
-    @app.get("/health")
-    async def health(self) -> dict:
-        return {"status": "ok", "model_version": current_version()}
 
-    @app.get("/ready")
-    async def ready(self) -> dict:
-        served = self._model()
-        return {
-            "model": served.ref.name, "version": served.ref.version,
-            "model_version": served.ref.version,
-        }  # fmt: skip
+# The routes are module functions, not methods of the service: BentoML would give a method its
+# `self` through a synchronous FastAPI dependency, which costs every request a trip through a
+# worker thread. `served_by()` reads the same instance from BentoML's context instead.
 
-    @app.post("/reload")
-    async def reload(self, request: Request) -> JSONResponse:
-        token = self.settings.serve_reload_token
-        if not token:
-            raise ApiError(
-                403, "reload disabled", "set EMOFLOW_SERVE_RELOAD_TOKEN to enable POST /reload"
-            )
-        sent = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(sent, f"Bearer {token}".encode()):
-            return error_response(
-                401, "unauthorized", "expected the header 'Authorization: Bearer <reload token>'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )  # fmt: skip
-        start = time.perf_counter()
-        try:
-            result = await self.follow_champion()
-        except Exception as exc:
-            raise ApiError(502, "reload failed", self.load_error or str(exc)) from None
-        return JSONResponse({**result, "seconds": round(time.perf_counter() - start, 3)})
 
-    @app.get("/reports/{path:path}")
-    async def reports(self, path: str) -> Response:
-        return static_file(self.settings.reports_dir, path, "report")
+def served_by() -> EmotionService:
+    return bentoml.get_current_service()
 
-    @app.get("/ui/{path:path}", include_in_schema=False)
-    async def ui(self, path: str) -> Response:
-        return static_file(STATIC_DIR, path, "page")
 
-    @app.post("/predict", openapi_extra=multipart_body(IMAGE_FIELD, 1))
-    async def predict(self, request: Request) -> JSONResponse:
-        served = self._model()
-        (data,) = await read_files(request, IMAGE_FIELD, 1, self.settings.max_upload_bytes)
-        decode = lambda: [decode_image(data, self.settings.max_pixels)]  # noqa: E731
-        (body,) = await self._predict(served, decode, "/predict")
-        return JSONResponse(body, headers={VERSION_HEADER: str(served.ref.version)})
+@app.get("/health")
+async def health() -> dict:
+    """Liveness, with the served version and the worker process (1-based) that answered."""
+    service = served_by()
+    served = service.served
+    return {
+        "status": "ok", "model_version": served.ref.version if served else None,
+        "worker": service.switch.index,
+    }  # fmt: skip
 
-    @app.post("/predict/batch", openapi_extra=multipart_body(BATCH_FIELD, MAX_BATCH))
-    async def predict_batch(self, request: Request) -> JSONResponse:
-        served = self._model()
-        files = await read_files(request, BATCH_FIELD, MAX_BATCH, self.settings.max_upload_bytes)
-        decode = lambda: decode_images(files, self.settings.max_pixels)  # noqa: E731
-        answers = await self._predict(served, decode, "/predict/batch")
-        return JSONResponse(
-            {"predictions": answers, "model_version": served.ref.version},
-            headers={VERSION_HEADER: str(served.ref.version)},
+
+@app.get("/ready")
+async def ready() -> dict:
+    served = served_by()._model()
+    return {
+        "model": served.ref.name, "version": served.ref.version,
+        "model_version": served.ref.version,
+    }  # fmt: skip
+
+
+@app.post("/reload")
+async def reload(request: Request) -> JSONResponse:
+    service = served_by()
+    token = service.settings.serve_reload_token
+    if not token:
+        raise ApiError(
+            403, "reload disabled", "set EMOFLOW_SERVE_RELOAD_TOKEN to enable POST /reload"
         )
+    sent = request.headers.get("authorization", "").encode()
+    if not hmac.compare_digest(sent, f"Bearer {token}".encode()):
+        return error_response(
+            401, "unauthorized", "expected the header 'Authorization: Bearer <reload token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )  # fmt: skip
+    start = time.perf_counter()
+    try:
+        result = await service.follow_champion()
+    except Exception as exc:
+        raise ApiError(502, "reload failed", service.load_error or str(exc)) from None
+    return JSONResponse({**result, "seconds": round(time.perf_counter() - start, 3)})
+
+
+@app.get("/reports/{path:path}")
+async def reports(path: str) -> Response:
+    return static_file(served_by().settings.reports_dir, path, "report")
+
+
+@app.get("/ui/{path:path}", include_in_schema=False)
+async def ui(path: str) -> Response:
+    return static_file(STATIC_DIR, path, "page")
+
+
+@app.post("/predict", openapi_extra=multipart_body(IMAGE_FIELD, 1))
+async def predict(request: Request) -> JSONResponse:
+    service = served_by()
+    served, settings = service._model(), service.settings
+    (data,) = await read_files(request, IMAGE_FIELD, 1, settings.max_upload_bytes)
+    decode = lambda: [decode_image(data, settings.max_pixels)]  # noqa: E731
+    (body,) = await service._predict(served, decode, "/predict")
+    return JSONResponse(body, headers={VERSION_HEADER: str(served.ref.version)})
+
+
+@app.post("/predict/batch", openapi_extra=multipart_body(BATCH_FIELD, MAX_BATCH))
+async def predict_batch(request: Request) -> JSONResponse:
+    service = served_by()
+    served, settings = service._model(), service.settings
+    files = await read_files(request, BATCH_FIELD, MAX_BATCH, settings.max_upload_bytes)
+    decode = lambda: decode_images(files, settings.max_pixels)  # noqa: E731
+    answers = await service._predict(served, decode, "/predict/batch")
+    return JSONResponse(
+        {"predictions": answers, "model_version": served.ref.version},
+        headers={VERSION_HEADER: str(served.ref.version)},
+    )

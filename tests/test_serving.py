@@ -30,6 +30,7 @@ TEST_MODEL = "emotion-detector-serving-test"  # own registry name: other modules
 MAX_PIXELS = Settings.model_fields["max_pixels"].default
 UPLOAD_LIMIT = 1024 * 1024  # the test service's max_upload_bytes
 RELOAD_TOKEN = "test-reload-token"
+SERVICE_WORKERS = 2  # the hot-reload test needs more than one worker, whatever the core count
 
 
 def drawn_image(width: int = 160, height: int = 120, seed: int = 0) -> np.ndarray:
@@ -211,6 +212,24 @@ def test_detector_matches_ultralytics(
         assert face.scores[face.emotion] == face.confidence == max(face.scores.values())
 
 
+def test_torch_runtime_matches_onnx_runtime(weights: Path, onnx_path: Path) -> None:
+    """The runtime the service uses on a GPU (torch on the .pt weights) gives the ONNX export's
+    output. Run here on the CPU in full precision; on CUDA the same code runs in half."""
+    onnx = Detector(onnx_path)
+    torch_cpu = Detector(onnx_path, weights=weights, device="cpu")
+    assert torch_cpu.runtime == "torch cpu" and onnx.runtime.startswith("onnxruntime")
+    image = drawn_image(640, 480, seed=7)  # tiled: many views in one batch
+    prepared = onnx.prepare(image)
+    assert len(prepared.views) > 1
+    expected, got = onnx.run(prepared.batch), torch_cpu.run(prepared.batch)
+    assert got.shape == expected.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-2)
+    ours, theirs = torch_cpu.predict(image), onnx.predict(image)
+    assert len(ours) == len(theirs) > 0
+    assert [face.emotion for face in ours] == [face.emotion for face in theirs]
+    np.testing.assert_allclose([f.box for f in ours], [f.box for f in theirs], atol=0.05)
+
+
 # ---------------------------------------------------------------- the service over HTTP
 
 
@@ -255,6 +274,7 @@ def champion_settings(
     settings = _service_settings(
         mlflow_settings, tmp_path_factory.mktemp("serve-home"), TEST_MODEL,
         max_upload_bytes=UPLOAD_LIMIT, serve_reload_token=RELOAD_TOKEN, serve_poll_seconds=3,
+        serve_workers=SERVICE_WORKERS,
     )  # fmt: skip
     ref = register_fixture_model(settings, weights, onnx_path)
     registry.promote(settings, ref.version, reason="test fixture")
@@ -274,7 +294,9 @@ def champion_version(settings: Settings) -> int:
 
 def test_health_and_ready(service_url: str, champion_settings: Settings) -> None:
     version = champion_version(champion_settings)
-    assert httpx.get(f"{service_url}/health").json() == {"status": "ok", "model_version": version}
+    health = httpx.get(f"{service_url}/health").json()
+    assert health == {"status": "ok", "model_version": version, "worker": health["worker"]}
+    assert health["worker"] in range(1, SERVICE_WORKERS + 1)
     ready = httpx.get(f"{service_url}/ready")
     assert ready.status_code == 200
     assert ready.json() == {"model": TEST_MODEL, "version": version, "model_version": version}
@@ -623,48 +645,56 @@ def test_service_without_champion(no_champion_url: str) -> None:
 def test_reload_swaps_the_model_under_load(
     service_url: str, champion_settings: Settings, weights: Path, onnx_path: Path
 ) -> None:
-    """A client sends /predict in a loop while a new version becomes champion and /reload runs:
-    no request fails, and once an answer names the new version, every later one does."""
+    """Clients send /predict in a loop, each request on a new connection so that both workers
+    answer, while a new version becomes champion and /reload runs: no request fails, and once
+    any answer names the new version, every request sent after it gets the new version."""
     old = champion_version(champion_settings)
     new = register_fixture_model(champion_settings, weights, onnx_path).version
-    answers: list[tuple[int, int | None, str]] = []
+    answers: list[tuple[float, float, int, int | None, str]] = []  # sent, answered, status, ...
     done = threading.Event()
 
     def client() -> None:
-        with httpx.Client(base_url=service_url, timeout=30) as http:
-            for _ in range(2000):  # bounded; stopped by `done` long before
-                response = http.post("/predict", **_upload(PNG, "image/png"))
-                version = response.json().get("model_version")
-                answers.append((response.status_code, version, response.headers["X-Model-Version"]))
-                if done.is_set():
-                    return
+        for _ in range(2000):  # bounded; stopped by `done` long before
+            sent = time.monotonic()
+            response = httpx.post(f"{service_url}/predict", timeout=30, **_upload(PNG, "image/png"))
+            version = response.json().get("model_version")
+            header = response.headers["X-Model-Version"]
+            answers.append((sent, time.monotonic(), response.status_code, version, header))
+            if done.is_set():
+                return
 
     def wait_for(count: int) -> None:
         deadline = time.monotonic() + 60
         while len(answers) < count and time.monotonic() < deadline:
             time.sleep(0.05)
 
-    thread = threading.Thread(target=client)
-    thread.start()
+    clients = [threading.Thread(target=client) for _ in range(4)]
+    for thread in clients:
+        thread.start()
     try:
-        wait_for(5)
+        wait_for(20)
         wrong = httpx.post(f"{service_url}/reload", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401 and wrong.json()["error"] == "unauthorized"
         registry.promote(champion_settings, new, reason="test hot reload")
         reload = request_reload(champion_settings)  # what the DAG's promote task sends
-        wait_for(len(answers) + 5)
+        wait_for(len(answers) + 40)
     finally:
         done.set()
-        thread.join()
+        for thread in clients:
+            thread.join()
 
     assert reload.startswith("reload answered 200"), reload
-    assert json.loads(reload.split(": ", 1)[1])["model_version"] == new
+    result = json.loads(reload.split(": ", 1)[1])
+    assert result["model_version"] == new and result["workers"] == SERVICE_WORKERS
     print(f"{reload}; {len(answers)} requests during the test")
-    assert [status for status, _, _ in answers] == [200] * len(answers)
-    versions = [version for _, version, _ in answers]
-    assert [str(version) for version in versions] == [header for _, _, header in answers]
-    assert versions[0] == old and versions[-1] == new
-    assert set(versions[versions.index(new) :]) == {new}
+    assert [status for _, _, status, _, _ in answers] == [200] * len(answers)
+    assert all(str(version) == header for _, _, _, version, header in answers)
+    first_new = min(answered for _, answered, _, version, _ in answers if version == new)
+    assert {version for sent, _, _, version, _ in answers if sent > first_new} == {new}
+    assert any(version == old for _, _, _, version, _ in answers)
+    # new connections reach every worker (so the answers above came from all of them)
+    workers = {httpx.get(f"{service_url}/health").json()["worker"] for _ in range(40)}
+    assert workers == set(range(1, SERVICE_WORKERS + 1))
 
 
 def test_poll_follows_the_champion(service_url: str, champion_settings: Settings) -> None:
