@@ -25,9 +25,11 @@ bench: setup
 bench-serving: setup
 	.venv/bin/python bench/serving_speed.py
 
-# on a GPU worker: the training step vs plain `yolo train`, imgsz 96 vs 640, raw GPU inference
+# on a GPU worker: the training step vs plain `yolo train`, imgsz 96 vs 640, raw GPU inference;
+# the service's inference path on the GPU with and without batching
 bench-gpu: setup
 	.venv/bin/python bench/gpu_train.py
+	.venv/bin/python bench/gpu_serving.py
 
 stop:
 	.venv/bin/emoflow stop all

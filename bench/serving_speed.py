@@ -8,12 +8,17 @@ In one run, on this machine, with the same model and the same images, one after 
                 `model.predict(PIL image)` on the .pt weights per request, as a public course
                 project served this task (4 requests/s at p95 200 ms on one vCPU)
   (c) raw ONNX  serving.model.Detector.predict in a loop on pre-decoded RGB arrays, no HTTP:
-                letterbox + session.run + decode (NMS, boxes back to the image); no JPEG decode
+                letterbox + session.run + decode (NMS, boxes back to the image); no JPEG decode;
+                ONNX Runtime's default session options (one thread a core, spinning between
+                calls: the fastest for a loop that does nothing else)
 
-(a) and (b) get closed-loop load: N clients (asyncio + httpx, in this process; the servers are
-subprocesses), each sending the next request as soon as the previous one is answered, for a
-warm-up and then a fixed measured window per level. Only answers completed inside the window
-count; a request fails on any status but 200 or any transport error, warm-up included.
+(a) and (b) get closed-loop load from wrk (Debian's `wrk`, one thread, bench/closed_loop.lua):
+N connections, each sending the next request as soon as the previous one is answered, for a
+warm-up run and then a measured run per level. wrk is C and uses a few percent of a core, so
+the servers get almost all of the machine. Only answers completed inside the measured run count;
+a request fails on a status >= 400 or any transport error, warm-up included. wrk leaves the
+requests in flight when a run ends: the service counts those as 499 (client closed request),
+which the bench does not count as failures.
 
 Model: the champion of your emoflow home if its MLflow server answers (`--model auto`, the
 default, or `champion`), else a small YOLOv8n trained here on drawn sample faces (`train`).
@@ -24,17 +29,17 @@ Goals on 2 cores: (a) >= 4x the throughput of (b) at p95 <= 200 ms, and (a) >= 8
 It prints a table, the ratios, the goals and the machine, and writes
 bench/results/serving_speed.json.
 
-    .venv/bin/python bench/serving_speed.py [--seconds 15] [--concurrency 1,4,16] [--images 50]
+    .venv/bin/python bench/serving_speed.py [--seconds 15] [--concurrency 1,4,16,32] [--images 50]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -60,6 +65,9 @@ P95_BUDGET_MS = 200.0
 BASELINE_FACTOR = 4.0
 RAW_SHARE = 0.8
 BOUNDARY = "emoflow-bench-boundary"
+WRK = shutil.which("wrk") or "wrk"
+WRK_SCRIPT = PROJECT_ROOT / "bench" / "closed_loop.lua"
+WRK_ERRORS = ("connect", "read", "write", "status", "timeout")  # status: an answer >= 400
 # ultralytics sets OMP_NUM_THREADS=1 in os.environ on import, and the bench quiets its training
 # with YOLO_VERBOSE: the servers must not inherit either.
 _INHERITED = {key: os.environ.get(key) for key in ("OMP_NUM_THREADS", "YOLO_VERBOSE")}
@@ -81,6 +89,8 @@ def machine() -> dict:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
+    wrk = subprocess.run([WRK, "--version"], capture_output=True, text=True)
+    versions["wrk"] = (wrk.stdout or wrk.stderr).split(" [")[0].removeprefix("wrk ").strip()
     return {
         "processor": model,
         "cpu_count": os.cpu_count(),
@@ -229,9 +239,9 @@ class Level:
     mean_ms: float | None
     failed: int  # whole level, warm-up included (client side)
     errors: dict[str, int] = field(default_factory=dict)
-    service_failed: int | None = None  # the service's own count of non-2xx /predict answers
+    service_failed: int | None = None  # the service's own count of /predict answers not 200/499
     log_dropped: int | None = None  # predictions the service's prediction log dropped
-    client_cpu_pct: float = 0.0  # CPU of this process (the load generator), % of one core
+    client_cpu_pct: float = 0.0  # CPU of wrk (the load generator), % of one core
     answered: int = 0  # 200 answers in the whole level, warm-up and tail included
     server_cpu_ms_per_request: float | None = None  # CPU of the server's processes / answered
     load_after: list[float] = field(default_factory=list)
@@ -246,50 +256,49 @@ def percentiles(latencies_s: list[float]) -> dict[str, float | None]:
             "p99_ms": round(float(p99), 2), "mean_ms": round(float(ms.mean()), 2)}  # fmt: skip
 
 
-async def closed_loop(
-    url: str, bodies: list[bytes], concurrency: int, warmup: float, seconds: float
+def wrk(url: str, body_files: list[Path], concurrency: int, seconds: float) -> dict:
+    """One closed-loop wrk run (one wrk thread, `concurrency` connections): its JSON summary
+    (bench/closed_loop.lua) plus the CPU seconds wrk used."""
+    command = [WRK, "-t1", f"-c{concurrency}", f"-d{max(round(seconds), 1)}s", "--timeout", "60s",
+               "-s", str(WRK_SCRIPT), url, "--", BOUNDARY, *map(str, body_files)]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run = subprocess.run(command, capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+    if run.returncode != 0 or not lines:
+        raise RuntimeError(f"wrk failed ({run.returncode}): {run.stderr.strip() or run.stdout}")
+    summary = json.loads(lines[-1])
+    summary["cpu_s"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return summary
+
+
+def closed_loop(
+    url: str, body_files: list[Path], concurrency: int, warmup: float, seconds: float
 ) -> Level:
-    headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    done: list[tuple[float, float]] = []  # (answered at, latency) of 200 answers
+    """A warm-up wrk run, then the measured one; failures count in both."""
+    runs = [wrk(url, body_files, concurrency, warmup)] if warmup > 0 else []
+    runs.append(measured := wrk(url, body_files, concurrency, seconds))
     errors: Counter[str] = Counter()
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-        started = time.perf_counter()
-        window_start, window_end = started + warmup, started + warmup + seconds
-
-        async def one_client(offset: int) -> None:
-            index = offset * 7  # clients start on different images
-            while (sent := time.perf_counter()) < window_end:
-                body = bodies[index % len(bodies)]
-                index += 1
-                try:
-                    response = await client.post(url, content=body, headers=headers)
-                    ok = response.status_code == 200
-                    if not ok:
-                        errors[f"HTTP {response.status_code}"] += 1
-                except httpx.HTTPError as exc:
-                    ok = False
-                    errors[type(exc).__name__] += 1
-                answered = time.perf_counter()
-                if ok:
-                    done.append((answered, answered - sent))
-
-        cpu = time.process_time()
-        await asyncio.gather(*(one_client(k) for k in range(concurrency)))
-        cpu = time.process_time() - cpu
-        wall = time.perf_counter() - started
-    latencies = [latency for at, latency in done if window_start <= at <= window_end]
+    for run in runs:
+        errors.update({kind: run[kind] for kind in WRK_ERRORS if run[kind]})
+    window = measured["duration_us"] / 1e6
+    ok = measured["requests"] - measured["status"]
+    latency = {
+        key.replace("_us", "_ms"): round(measured[key] / 1000, 2)
+        for key in ("p50_us", "p95_us", "p99_us", "mean_us")
+    } if ok else percentiles([])  # fmt: skip
     return Level(
-        concurrency=concurrency, requests=len(latencies), seconds=seconds,
-        throughput_rps=round(len(latencies) / seconds, 2), **percentiles(latencies),
+        concurrency=concurrency, requests=ok, seconds=round(window, 2),
+        throughput_rps=round(ok / window, 2), **latency,
         failed=sum(errors.values()), errors=dict(errors),
-        client_cpu_pct=round(100 * cpu / wall, 1), answered=len(done), load_after=loadavg(),
+        client_cpu_pct=round(100 * measured["cpu_s"] / window, 1),
+        answered=sum(run["requests"] - run["status"] for run in runs), load_after=loadavg(),
     )  # fmt: skip
 
 
 def service_counters(url: str) -> tuple[int, int | None]:
-    """From the service's /metrics: non-2xx answers of /predict so far, and predictions its
-    prediction log dropped (None if it has no such counter)."""
+    """From the service's /metrics: /predict answers other than 200 and 499 (a client that
+    left) so far, and predictions its prediction log dropped (None if it has no such counter)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(f"{url}/metrics", timeout=10).text
@@ -298,7 +307,7 @@ def service_counters(url: str) -> tuple[int, int | None]:
         for sample in family.samples:
             if (sample.name == "emoflow_requests_total"
                     and sample.labels.get("route") == "/predict"
-                    and not sample.labels.get("status", "").startswith("2")):  # fmt: skip
+                    and sample.labels.get("status") not in ("200", "499")):  # fmt: skip
                 failed += sample.value
             elif sample.name == "emoflow_prediction_log_dropped_total":
                 dropped = (dropped or 0) + sample.value
@@ -338,13 +347,16 @@ def tree_cpu_seconds(root: int) -> float:
 def run_levels(
     name: str, base_url: str, jpegs: list[bytes], args, metrics: bool, pid: int
 ) -> list[Level]:
-    bodies = [multipart(data) for data in jpegs]
+    bodies = Path(tempfile.mkdtemp(prefix="bodies-", dir=args.home))
+    body_files = [bodies / f"{index:04d}.multipart" for index in range(len(jpegs))]
+    for path, data in zip(body_files, jpegs, strict=True):
+        path.write_bytes(multipart(data))
     levels = []
     for concurrency in args.concurrency:
         before = service_counters(base_url) if metrics else None
         cpu = tree_cpu_seconds(pid)
-        level = asyncio.run(
-            closed_loop(f"{base_url}/predict", bodies, concurrency, args.warmup, args.seconds)
+        level = closed_loop(
+            f"{base_url}/predict", body_files, concurrency, args.warmup, args.seconds
         )
         cpu = tree_cpu_seconds(pid) - cpu
         if level.answered:
@@ -446,9 +458,17 @@ def bench_baseline(home: Path, model: Model, jpegs: list[bytes], args) -> dict:
 
 
 def bench_raw(model: Model, arrays: list[np.ndarray], args) -> dict:
+    import onnxruntime as ort
+
     from serving.model import Detector
 
     detector = Detector(model.onnx)
+    # ONNX Runtime's default session options, as a plain loop would use them: its pool threads
+    # spin between calls, the fastest choice when nothing else needs the cores (the service
+    # turns spinning off; see serving.model.Detector).
+    detector.session = ort.InferenceSession(
+        str(model.onnx), providers=detector.session.get_providers()
+    )
     faces = sum(len(detector.predict(image)) for image in arrays)
     say("(c) raw ONNX Runtime loop ...")
     latencies = []
@@ -466,7 +486,8 @@ def bench_raw(model: Model, arrays: list[np.ndarray], args) -> dict:
     result = {
         "what": "serving.model.Detector.predict on pre-decoded RGB arrays, one calling thread, "
         "no HTTP: letterbox + to_tensor + session.run + decode (class-aware NMS) + boxes back "
-        "to the image; no JPEG decode, no prediction log",
+        "to the image; no JPEG decode, no prediction log; ONNX Runtime's default session "
+        "options (intra-op threads: one a core, spinning between calls)",
         "providers": detector.session.get_providers(),
         "calls": len(latencies), "seconds": round(seconds, 2),
         "throughput_rps": round(len(latencies) / seconds, 2), **percentiles(latencies),
@@ -552,8 +573,8 @@ def print_report(results: dict) -> None:
         "cpu/req = CPU ms the server's processes used per answered request, warm-up included "
         "(for (c): the bench process per call; spin-waiting thread pools count too, more so on "
         "a busy machine); "
-        "fail = non-200 or transport errors seen by the clients (warm-up included); svc fail = "
-        "the service's own count of non-2xx /predict answers (its /metrics)")  # fmt: skip
+        "fail = answers >= 400 or transport errors seen by wrk (warm-up included); svc fail = "
+        "the service's own count of /predict answers other than 200 and 499 (its /metrics)")  # fmt: skip
     if raw:
         say(f"(c) = {raw['what']}")
     found = {key: results[key]["faces_in_images"] for key in ("service", "baseline", "raw_onnx")
@@ -612,7 +633,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--seconds", type=float, default=15, help="measured seconds per level")
     parser.add_argument("--warmup", type=float, default=3, help="warm-up seconds per level")
-    parser.add_argument("--concurrency", default="1,4,16", help="closed-loop clients per level")
+    parser.add_argument(
+        "--concurrency", default="1,4,16,32", help="closed-loop connections per level"
+    )
     parser.add_argument("--images", type=int, default=50, help="distinct images the clients cycle")
     parser.add_argument("--model", choices=("auto", "champion", "train"), default="auto",
                         help="auto: the champion of your emoflow home if its MLflow server "
@@ -643,7 +666,10 @@ def main() -> None:
     user = Settings()  # the user's emoflow home: only read, for its champion
     for key in [k for k in os.environ if k.startswith("EMOFLOW_")]:
         os.environ.pop(key)  # the bench's own servers must not see the user's settings
-    home = Path(tempfile.mkdtemp(prefix="emoflow-bench-serving-"))
+    if shutil.which("wrk") is None:
+        raise SystemExit("the load generator is wrk: `apt-get install wrk` (bash scripts/setup.sh "
+                         "installs it where apt-get is)")  # fmt: skip
+    home = args.home = Path(tempfile.mkdtemp(prefix="emoflow-bench-serving-"))
     results: dict = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
         "args": {k: sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path) else v
@@ -673,6 +699,7 @@ def main() -> None:
             "from": "ml.sample_data.generate(test=N, seed=12345): drawn faces, not trained on",
         }  # fmt: skip
         if "a" in args.only:
+            results["service_workers"] = os.cpu_count() or 1  # the service's default, one a core
             results["service"] = bench_service(home, model, jpegs, args)
         if "b" in args.only:
             results["baseline"] = bench_baseline(home, model, jpegs, args)
@@ -686,11 +713,13 @@ def main() -> None:
             shutil.rmtree(home, ignore_errors=True)
     results["load_after"] = loadavg()
     results["notes"] = [
-        f"load generator (asyncio + httpx, in the bench process), servers and (c) all share "
+        f"load generator (wrk, one thread), servers and (c) all share "
         f"this machine's {results['machine']['nproc']} CPUs; (a), (b) and (c) ran one after the "
         "other, never at once; the client's own CPU use is in client_cpu_pct per level",
         "(a) is the real service as `emoflow start service` runs it: prediction log on, "
-        "champion poll every 30 s against its own MLflow server, one BentoML worker",
+        "champion poll every 30 s against its own MLflow server, "
+        f"{results.get('service_workers')} BentoML worker processes (EMOFLOW_SERVE_WORKERS; 0 = one "
+        "per core) with one inference thread each",
         "(b) serves one request at a time (async handler calling predict), torch on every core "
         "(ultralytics imported through ml.yolo.load)",
         "the machine may be shared with other work: compare load averages",

@@ -26,20 +26,25 @@ echo "==> installing the locked environment (uv)"
 VIRTUAL_ENV=$PWD/.venv .venv/bin/uv pip install --quiet -r requirements.lock
 VIRTUAL_ENV=$PWD/.venv .venv/bin/uv pip install --quiet --no-deps -e .
 
-# tests/test_web_page.py drives Debian's Chromium through Playwright (no browser download).
-# Installed only where it is missing and apt-get is there; without it those tests fail.
-if [ ! -x /usr/bin/chromium ]; then
+# Debian packages: chromium for tests/test_web_page.py (Playwright drives it; no browser
+# download) and wrk, the load generator of bench/serving_speed.py. Installed only where missing
+# and apt-get is there.
+missing=""
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
+command -v wrk >/dev/null 2>&1 || missing="$missing wrk"
+if [ -n "$missing" ]; then
   if command -v apt-get >/dev/null 2>&1; then
     as_root=""
     if [ "$(id -u)" -ne 0 ]; then as_root="sudo"; fi
-    echo "==> installing chromium (apt-get) for the web page tests"
+    echo "==> installing$missing (apt-get)"
     if ! { $as_root apt-get update -qq \
-        && $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null; then
-      echo "!! could not install chromium; tests/test_web_page.py fails until /usr/bin/chromium exists" >&2
+        && $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing; } >/dev/null; then
+      echo "!! could not install$missing: tests/test_web_page.py needs /usr/bin/chromium," \
+        "bench/serving_speed.py needs wrk" >&2
     fi
   else
-    echo "!! /usr/bin/chromium is missing and there is no apt-get: install Chromium as /usr/bin/chromium yourself;" \
-      "tests/test_web_page.py needs it" >&2
+    echo "!! no apt-get: install$missing yourself (tests/test_web_page.py needs /usr/bin/chromium," \
+      "bench/serving_speed.py needs wrk)" >&2
   fi
 fi
 echo "==> environment ready: $(.venv/bin/python --version), emoflow $(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("emoflow"))')"
