@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     serve_workers: int = Field(
         0, ge=0, description="Worker processes of the service; 0 = one per CPU core."
     )
+    serve_request_log: bool = Field(
+        False,
+        description="BentoML's access-log line and trace span for every /predict request; off, "
+        "the service answers about 15 % more; the prediction log records every prediction anyway.",
+    )
     serve_poll_seconds: float = Field(
         30, ge=0, description="How often the service checks the alias champion (0 = never)."
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 import threading
 import time
@@ -607,20 +608,45 @@ def test_fuzz_the_openapi_schema(service_url: str) -> None:
         no_server_error()
 
 
+def access_log_paths(settings: Settings, wait_for: str) -> list[str]:
+    """The paths in the service's access-log lines, once a line for `wait_for` is written."""
+    pattern = re.compile(r"\(scheme=\w+,method=\w+,path=([^,]*),")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        paths = pattern.findall(services.log_file(settings, "service").read_text())
+        if wait_for in paths:
+            return paths
+        time.sleep(0.2)
+    raise AssertionError(f"no access-log line for {wait_for} within 30 s")
+
+
+def test_access_log_leaves_out_predict(service_url: str, champion_settings: Settings) -> None:
+    """By default (serve_request_log off) BentoML logs no access line for the predict routes;
+    test_service_without_champion checks that it does when asked."""
+    assert httpx.post(f"{service_url}/predict", **_upload(PNG, "image/png")).status_code == 200
+    assert httpx.get(f"{service_url}/docs").status_code == 200
+    paths = access_log_paths(champion_settings, "/docs")
+    assert not {"/predict", "/predict/batch"} & set(paths), paths
+
+
 @pytest.fixture()
-def no_champion_url(mlflow_settings: Settings, tmp_path: Path) -> Iterator[str]:
-    """The service over a registry in which its model name has no version, hence no champion."""
-    settings = _service_settings(mlflow_settings, tmp_path, "emotion-detector-never-registered")
+def no_champion(mlflow_settings: Settings, tmp_path: Path) -> Iterator[Settings]:
+    """The service over a registry in which its model name has no version, hence no champion;
+    with BentoML's access log and tracing of every request (serve_request_log)."""
+    settings = _service_settings(
+        mlflow_settings, tmp_path, "emotion-detector-never-registered", serve_request_log=True
+    )
     server = services.bento_service(settings)
     health = services.Server(
         server.name, server.command, f"{settings.service_url}/health", server.env
     )
     services.start(health, settings, timeout=180)  # /ready stays 503, so wait for /health
-    yield settings.service_url
+    yield settings
     services.stop(settings, "service")
 
 
-def test_service_without_champion(no_champion_url: str) -> None:
+def test_service_without_champion(no_champion: Settings) -> None:
+    no_champion_url = no_champion.service_url
     assert httpx.get(f"{no_champion_url}/health").status_code == 200
     ready = httpx.get(f"{no_champion_url}/ready")
     assert ready.status_code == 503
@@ -637,6 +663,7 @@ def test_service_without_champion(no_champion_url: str) -> None:
     reload = httpx.post(f"{no_champion_url}/reload", headers={"Authorization": "Bearer x"})
     assert reload.status_code == 403
     assert reload.json()["error"] == "reload disabled"
+    assert "/predict" in access_log_paths(no_champion, "/predict")
 
 
 # ---------------------------------------------------------------- hot reload (moves the champion)
