@@ -341,10 +341,13 @@ def load_version(settings: Settings, ref: ModelRef, threads: int = 0) -> ServedM
     """A registered version, downloaded and opened (the caller decides when to serve it): its
     PyTorch weights on the GPU where torch sees one, else its ONNX export on the CPU with
     `threads` inference threads."""
-    dst = settings.home / "serving" / f"{ref.name}-v{ref.version}"
-    dst.mkdir(parents=True, exist_ok=True)
-    onnx_path = registry.download_onnx(settings, ref, dst)
-    weights = registry.download_weights(settings, ref, dst) if cuda_present() else None
-    detector = Detector(onnx_path, threads, weights, "cuda" if weights else "cpu")
+    # Each worker process downloads its own copy: two writing one folder at once could give one
+    # of them a half-written file. The model lives in memory once loaded; the copy goes.
+    parent = settings.home / "serving"
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{ref.name}-v{ref.version}-", dir=parent) as dst:
+        onnx_path = registry.download_onnx(settings, ref, Path(dst))
+        weights = registry.download_weights(settings, ref, Path(dst)) if cuda_present() else None
+        detector = Detector(onnx_path, threads, weights, "cuda" if weights else "cpu")
     logger.info("loaded %s version %s (%s)", ref.name, ref.version, detector.runtime)
     return ServedModel(ref, detector)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import re
 import struct
 import threading
 import time
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -22,7 +24,15 @@ from ml import registry, services, yolo
 from ml.config import EMOTIONS, Settings
 from ml.pipeline import request_reload
 from ml.records import DatasetRef, ModelRef, TrainResult
-from serving.model import Detector, Letterbox, decode, letterbox, nms, unletterbox
+from serving.model import (
+    Detector,
+    Letterbox,
+    decode,
+    letterbox,
+    load_version,
+    nms,
+    unletterbox,
+)  # fmt: skip
 from serving.service import ApiError, decode_image
 
 IMGSZ = 96
@@ -291,6 +301,35 @@ def service_url(champion_settings: Settings) -> Iterator[str]:
 
 def champion_version(settings: Settings) -> int:
     return registry.version_by_alias(settings, registry.CHAMPION).version
+
+
+_together: threading.Barrier | None = None  # in each worker process of the test below
+
+
+def _meet_at(barrier: threading.Barrier) -> None:
+    global _together
+    _together = barrier
+
+
+def _load_together(settings: Settings, ref: ModelRef, times: int) -> list[list[str]]:
+    """In a worker process: wait for the others, load `ref` `times` times, say its classes."""
+    _together.wait(timeout=120)
+    return [load_version(settings, ref, 1).detector.names for _ in range(times)]
+
+
+def test_workers_load_a_version_at_once(champion_settings: Settings) -> None:
+    """In a hot swap every worker process loads the new version at the same moment; each must
+    get a whole model, not a file another one is still writing. (Five loads each, so that some
+    overlap whatever the timing.)"""
+    ref = registry.version_by_alias(champion_settings, registry.CHAMPION)
+    spawn = multiprocessing.get_context("spawn")
+    barrier = spawn.Barrier(4)
+    with ProcessPoolExecutor(
+        4, mp_context=spawn, initializer=_meet_at, initargs=(barrier,)
+    ) as pool:
+        loads = [pool.submit(_load_together, champion_settings, ref, 5) for _ in range(4)]
+        names = [names for load in loads for names in load.result()]
+    assert names == [list(EMOTIONS)] * 20
 
 
 def test_health_and_ready(service_url: str, champion_settings: Settings) -> None:
