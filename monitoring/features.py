@@ -11,7 +11,7 @@ that training data and live traffic are described by the same numbers:
 - ``face_width``, ``face_height``, ``face_cx``, ``face_cy``: the normalised YOLO box
   (cx, cy, w, h) of the face, NaN when there is none.
 
-Pure and fast (OpenCV's statistics; a 96x96 image takes about 30 microseconds). Nothing heavy is
+Pure and fast (OpenCV's statistics; a 96x96 image takes about 40 microseconds). Nothing heavy is
 imported at module level: pandas is imported inside `dataset_features`.
 """
 
