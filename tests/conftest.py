@@ -12,18 +12,18 @@ from ml import services, yolo
 from ml.config import EMOTIONS, Settings
 
 
-def free_port() -> int:
+def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def make_settings(home: Path, **overrides) -> Settings:
+def _make_settings(home: Path, **overrides) -> Settings:
     """Settings whose state all lives under `home`, with free ports (never the user's .env)."""
     values = dict(
         home=home,
-        mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}",
-        serve_port=free_port(),
+        mlflow_tracking_uri=f"http://127.0.0.1:{_free_port()}",
+        serve_port=_free_port(),
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)
@@ -32,13 +32,13 @@ def make_settings(home: Path, **overrides) -> Settings:
 @pytest.fixture(scope="session")
 def mlflow_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings pointing at a real MLflow server (SQLite backend, local artifacts) over HTTP."""
-    settings = make_settings(tmp_path_factory.mktemp("emoflow-home"))
+    settings = _make_settings(tmp_path_factory.mktemp("emoflow-home"))
     services.start(services.mlflow_server(settings), settings, timeout=180)
     yield settings
     services.stop(settings, "mlflow")
 
 
-def untrained_weights(images, path: Path, config_dir: Path) -> Path:
+def _untrained_weights(images, path: Path, config_dir: Path) -> Path:
     """An untrained YOLOv8n with the eight emotions, built from YAML (nothing downloaded),
     saved as a checkpoint ultralytics loads. `images` is a uint8 array (N, H, W, 3).
 
@@ -76,7 +76,7 @@ def untrained_weights(images, path: Path, config_dir: Path) -> Path:
     return path
 
 
-def tiny_onnx(path: Path) -> Path:
+def _tiny_onnx(path: Path) -> Path:
     """A valid one-node ONNX model: the registry stores files, it does not care what they do."""
     import onnx
     from onnx import TensorProto, helper
@@ -88,3 +88,27 @@ def tiny_onnx(path: Path) -> Path:
     )  # fmt: skip
     onnx.save(helper.make_model(graph), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """A function that returns a free TCP port on loopback."""
+    return _free_port
+
+
+@pytest.fixture(scope="session")
+def make_settings():
+    """A function `(home, **overrides) -> Settings` for an isolated emoflow home."""
+    return _make_settings
+
+
+@pytest.fixture(scope="session")
+def untrained_weights():
+    """A function `(images, path, config_dir) -> Path` (see `_untrained_weights`)."""
+    return _untrained_weights
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx():
+    """A function `(path) -> Path` writing a valid one-node ONNX model."""
+    return _tiny_onnx

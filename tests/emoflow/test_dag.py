@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-from conftest import make_settings
 from ml import services
 from ml.config import PROJECT_ROOT
 
@@ -37,8 +36,8 @@ print(json.dumps({
 """
 
 
-def parse_dags(tmp_path) -> dict:
-    env = services.airflow_env(make_settings(tmp_path))
+def parse_dags(settings) -> dict:
+    env = services.airflow_env(settings)
     out = subprocess.run(
         [sys.executable, "-c", PARSE, str(PROJECT_ROOT / "dags")],
         env=env, capture_output=True, text=True, timeout=300,
@@ -48,9 +47,9 @@ def parse_dags(tmp_path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def parsed(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def parsed(tmp_path_factory: pytest.TempPathFactory, make_settings) -> dict:
     """The dags folder parsed once (a DagBag in a fresh Airflow process) for this module."""
-    return parse_dags(tmp_path_factory.mktemp("airflow-parse"))
+    return parse_dags(make_settings(tmp_path_factory.mktemp("airflow-parse")))
 
 
 def test_emotion_ct_parses_wires_the_steps_in_order_and_imports_nothing_heavy(parsed):
@@ -79,7 +78,7 @@ def test_emotion_monitor_parses_hourly_with_its_one_task(parsed):
     assert parsed["heavy"] == []
 
 
-def test_airflow_loads_the_plugin_with_links_to_emoflows_uis(tmp_path):
+def test_airflow_loads_the_plugin_with_links_to_emoflows_uis(tmp_path, make_settings):
     settings = make_settings(tmp_path)
     out = subprocess.run(
         [str(services.BIN / "airflow"), "plugins", "--output", "json"],

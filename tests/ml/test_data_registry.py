@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import make_settings
 from ml import data_registry
 from ml.data_registry import DataRegistryError
 from ml.layouts import write_data_yaml
@@ -32,7 +31,7 @@ def files(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path):
+def settings(tmp_path: Path, make_settings):
     return make_settings(tmp_path / "home")
 
 
@@ -107,13 +106,12 @@ def test_revisions_record_counts_per_split_and_class_and_their_source(settings, 
 
 
 @pytest.fixture
-def s3_server(tmp_path: Path, monkeypatch):
+def s3_server(tmp_path: Path, monkeypatch, free_port):
     """A real S3-compatible HTTP server on loopback (moto in server mode), credentials in env."""
     import subprocess
 
     import boto3
 
-    from conftest import free_port
     from ml import services
 
     port = free_port()
@@ -134,7 +132,9 @@ def s3_server(tmp_path: Path, monkeypatch):
         proc.wait(timeout=30)
 
 
-def test_an_s3_remote_pushes_and_pulls_revisions_over_http(s3_server, tmp_path: Path):
+def test_an_s3_remote_pushes_and_pulls_revisions_over_http(
+    s3_server, tmp_path: Path, make_settings
+):
     settings = make_settings(tmp_path / "home", dvc_remote_url="s3://emoflow-data/dvc")
     r1 = data_registry.add_batch(settings, write_batch(tmp_path / "a", "a"), "batch a")
     stored = s3_server.list_objects_v2(Bucket="emoflow-data", Prefix="dvc/")["KeyCount"]

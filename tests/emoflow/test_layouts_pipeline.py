@@ -10,7 +10,6 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import make_settings
 from ml import data_registry, pipeline
 
 PER_SPLIT = 8  # the default params' minimum images per split
@@ -74,7 +73,7 @@ def class_folders(root: Path) -> Path:
     ],
 )
 def test_layout_goes_through_the_pipelines_pull_and_validate(
-    build, expected: dict[str, int], tmp_path: Path, monkeypatch
+    make_settings, build, expected: dict[str, int], tmp_path: Path, monkeypatch
 ):
     settings = make_settings(tmp_path / "home")
     for field, value in settings.model_dump(exclude_none=True).items():

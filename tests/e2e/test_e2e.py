@@ -16,7 +16,6 @@ import httpx
 import pytest
 import yaml
 
-from conftest import make_settings
 from ml import data_registry, registry, services
 from ml.config import PROJECT_ROOT
 from ml.layouts import write_data_yaml
@@ -43,7 +42,7 @@ def emoflow(env: dict, *args: str, check: bool = True) -> subprocess.CompletedPr
 
 
 @pytest.fixture(scope="module")
-def cycle(tmp_path_factory):
+def cycle(tmp_path_factory, make_settings):
     home = tmp_path_factory.mktemp("e2e")
     params = home / "params.yaml"
     params.write_text(yaml.safe_dump(TINY_PARAMS))

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_onnx
 from ml import pipeline, registry, services
 from ml.config import PROJECT_ROOT
 from ml.records import DatasetRef, EvalResult, GateResult, TrainResult
@@ -16,7 +15,13 @@ from ml.records import DatasetRef, EvalResult, GateResult, TrainResult
 DATASET = DatasetRef(revision="r1", commit="c" * 40, digest="d" * 32, path=Path("/nowhere"))
 
 
-def logged_run(settings, tmp_path: Path, name: str) -> TrainResult:
+@pytest.fixture()
+def logged_run(tiny_onnx):
+    """A function `(settings, folder, name) -> TrainResult`: a run with model files logged."""
+    return lambda settings, tmp_path, name: _logged_run(settings, tmp_path, name, tiny_onnx)
+
+
+def _logged_run(settings, tmp_path: Path, name: str, tiny_onnx) -> TrainResult:
     import mlflow
 
     registry.client(settings)
@@ -37,7 +42,9 @@ def settings(mlflow_settings, request):
     return mlflow_settings.model_copy(update={"model_name": f"reg-{request.node.name[:40]}"})
 
 
-def test_registering_a_run_twice_returns_the_same_version_with_lineage_tags(settings, tmp_path):
+def test_registering_a_run_twice_returns_the_same_version_with_lineage_tags(
+    settings, tmp_path, logged_run
+):
     trained = logged_run(settings, tmp_path, "a")
     lineage = {"git_commit": "abc123", "params_digest": "p1"}
     first = registry.register(trained, DATASET, lineage, settings)
@@ -49,7 +56,7 @@ def test_registering_a_run_twice_returns_the_same_version_with_lineage_tags(sett
     assert registry.version_by_alias(settings, registry.CHALLENGER).version == 1
 
 
-def test_promote_then_rollback_restores_the_previous_champion(settings, tmp_path):
+def test_promote_then_rollback_restores_the_previous_champion(settings, tmp_path, logged_run):
     lineage = {"git_commit": "abc", "params_digest": "p"}
     v1 = registry.register(logged_run(settings, tmp_path, "a"), DATASET, lineage, settings)
     v2 = registry.register(logged_run(settings, tmp_path, "b"), DATASET, lineage, settings)
@@ -69,7 +76,9 @@ def test_promote_then_rollback_restores_the_previous_champion(settings, tmp_path
     assert registry.download_weights(settings, v2, tmp_path / "w").read_bytes() == b"weights b"
 
 
-def test_a_refused_gate_leaves_the_champion_where_it_was(settings, tmp_path, monkeypatch):
+def test_a_refused_gate_leaves_the_champion_where_it_was(
+    settings, tmp_path, monkeypatch, logged_run
+):
     lineage = {"git_commit": "abc", "params_digest": "p"}
     v1 = registry.register(logged_run(settings, tmp_path, "a"), DATASET, lineage, settings)
     v2 = registry.register(logged_run(settings, tmp_path, "b"), DATASET, lineage, settings)
@@ -86,7 +95,7 @@ def test_a_refused_gate_leaves_the_champion_where_it_was(settings, tmp_path, mon
     assert registry.version_by_alias(settings, registry.CHAMPION).version == 1
 
 
-def test_the_cli_promotes_lists_and_rolls_back(settings, tmp_path):
+def test_the_cli_promotes_lists_and_rolls_back(settings, tmp_path, logged_run):
     lineage = {"git_commit": "abc", "params_digest": "p"}
     for name in ("a", "b"):
         registry.register(logged_run(settings, tmp_path, name), DATASET, lineage, settings)

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import free_port, untrained_weights
 from ml import registry, services, yolo
 from ml.config import EMOTIONS, Settings
 from ml.pipeline import request_reload
@@ -186,7 +185,7 @@ def yolo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def weights(yolo_dir: Path) -> Path:
+def weights(yolo_dir: Path, untrained_weights) -> Path:
     """An untrained YOLOv8n whose class scores spread over (0, 1) (see `untrained_weights`)."""
     images = np.stack([drawn_image(IMGSZ, IMGSZ, seed) for seed in range(8)])
     return untrained_weights(images, yolo_dir / "fixture.pt", yolo_dir)
@@ -244,9 +243,9 @@ def test_torch_runtime_matches_onnx_runtime(weights: Path, onnx_path: Path) -> N
 # ---------------------------------------------------------------- the service over HTTP
 
 
-def _service_settings(base: Settings, home: Path, model_name: str, **values) -> Settings:
+def _service_settings(base: Settings, home: Path, model_name: str, port: int, **values) -> Settings:
     return base.model_copy(
-        update={"home": home, "serve_port": free_port(), "model_name": model_name, **values}
+        update={"home": home, "serve_port": port, "model_name": model_name, **values}
     )
 
 
@@ -276,6 +275,7 @@ def register_fixture_model(settings: Settings, weights: Path, onnx_path: Path) -
 
 @pytest.fixture(scope="module")
 def champion_settings(
+    free_port,
     mlflow_settings: Settings,
     weights: Path,
     onnx_path: Path,
@@ -283,7 +283,7 @@ def champion_settings(
 ) -> Settings:
     """The fixture model registered and promoted to champion in the real MLflow server."""
     settings = _service_settings(
-        mlflow_settings, tmp_path_factory.mktemp("serve-home"), TEST_MODEL,
+        mlflow_settings, tmp_path_factory.mktemp("serve-home"), TEST_MODEL, free_port(),
         max_upload_bytes=UPLOAD_LIMIT, serve_reload_token=RELOAD_TOKEN, serve_poll_seconds=3,
         serve_workers=SERVICE_WORKERS,
     )  # fmt: skip
@@ -669,11 +669,15 @@ def test_access_log_leaves_out_predict(service_url: str, champion_settings: Sett
 
 
 @pytest.fixture()
-def no_champion(mlflow_settings: Settings, tmp_path: Path) -> Iterator[Settings]:
+def no_champion(mlflow_settings: Settings, tmp_path: Path, free_port) -> Iterator[Settings]:
     """The service over a registry in which its model name has no version, hence no champion;
     with BentoML's access log and tracing of every request (serve_request_log)."""
     settings = _service_settings(
-        mlflow_settings, tmp_path, "emotion-detector-never-registered", serve_request_log=True
+        mlflow_settings,
+        tmp_path,
+        "emotion-detector-never-registered",
+        free_port(),
+        serve_request_log=True,
     )
     server = services.bento_service(settings)
     health = services.Server(

@@ -18,7 +18,6 @@ import pytest
 from PIL import Image
 
 import serving.model
-from conftest import free_port
 from ml import data_registry, registry, services
 from ml.config import EMOTIONS, Settings, TrainParams
 from ml.records import DatasetRef
@@ -38,7 +37,9 @@ def iou(a: list[float], b: tuple[float, ...]) -> float:
 
 
 @pytest.fixture(scope="module")
-def trained(mlflow_settings: Settings, tmp_path_factory) -> tuple[Settings, DatasetRef, Path]:
+def trained(
+    mlflow_settings: Settings, tmp_path_factory, free_port
+) -> tuple[Settings, DatasetRef, Path]:
     home = tmp_path_factory.mktemp("frames-home")
     settings = mlflow_settings.model_copy(
         update={"home": home, "serve_port": free_port(), "model_name": "frames-test"}

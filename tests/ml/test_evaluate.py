@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_settings, untrained_weights
 from ml import sample_data, yolo
 from ml.config import EMOTIONS, GateParams
 from ml.evaluate import (
@@ -129,7 +128,9 @@ def test_bootstrap_needs_the_same_images_in_the_same_order():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, DatasetRef]:
+def tiny(
+    tmp_path_factory: pytest.TempPathFactory, untrained_weights
+) -> tuple[Path, Path, DatasetRef]:
     """(weights, onnx, dataset): an untrained YOLOv8n whose class scores spread over (0, 1)
     (as in test_serving) and a drawn dataset with 12 test images."""
     root = tmp_path_factory.mktemp("gate")
@@ -145,7 +146,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, DatasetR
     return weights, onnx, dataset
 
 
-def test_evaluate_writes_per_image_stats_that_reproduce_its_map(tiny, tmp_path: Path):
+def test_evaluate_writes_per_image_stats_that_reproduce_its_map(
+    tiny, tmp_path: Path, make_settings
+):
     weights, _, dataset = tiny
     settings = make_settings(tmp_path / "home")
     result = evaluate(weights, dataset, IMGSZ, 3, settings, stats_dir=tmp_path / "gate")
@@ -172,7 +175,9 @@ def test_latency_of_the_onnx_export_is_measured(tiny):
         measure_latency(onnx, [], IMGSZ)
 
 
-def test_gate_refuses_a_test_set_other_than_the_frozen_revision(tiny, tmp_path: Path):
+def test_gate_refuses_a_test_set_other_than_the_frozen_revision(
+    tiny, tmp_path: Path, make_settings
+):
     weights, onnx, dataset = tiny
     ref = ModelRef(name="m", version=2, run_id="none")
     params = GateParams(test_revision="r1")

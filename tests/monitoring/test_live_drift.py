@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import free_port, tiny_onnx
 from ml import data_registry
 from ml.config import EMOTIONS, DriftParams, Settings
 from ml.data_registry import Revision
@@ -187,7 +186,9 @@ def live_settings(
     return settings
 
 
-def register_trained_on(settings: Settings, revision: Revision, folder: Path) -> ModelRef:
+def register_trained_on(
+    settings: Settings, revision: Revision, folder: Path, tiny_onnx
+) -> ModelRef:
     """A run with model files logged in the real MLflow server and registered as a new version
     of `settings.model_name`, trained (its tags say) on the data revision `revision`."""
     import mlflow
@@ -213,6 +214,7 @@ def register_trained_on(settings: Settings, revision: Revision, folder: Path) ->
 
 
 def test_monitor_live_skips_without_enough_traffic_or_a_champion(
+    free_port,
     tmp_path: Path,
     mlflow_settings: Settings,
     monkeypatch: pytest.MonkeyPatch,
@@ -244,7 +246,7 @@ def test_monitor_live_skips_without_enough_traffic_or_a_champion(
 
 
 def test_monitor_live_compares_the_newest_predictions_with_the_champions_data(
-    reference, tmp_path: Path, mlflow_settings: Settings, monkeypatch: pytest.MonkeyPatch
+    tiny_onnx, reference, tmp_path: Path, mlflow_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ):
     from ml import pipeline, registry
 
@@ -257,8 +259,8 @@ def test_monitor_live_compares_the_newest_predictions_with_the_champions_data(
     r2 = data_registry.add_batch(settings, more, "drawn faces, seed 5")
     assert (r1.name, r2.name) == ("r1", "r2")
     # The champion, v1, was trained on r1; a newer challenger, v2, on r2 (the latest revision).
-    champion = register_trained_on(settings, r1, tmp_path / "v1")
-    challenger = register_trained_on(settings, r2, tmp_path / "v2")
+    champion = register_trained_on(settings, r1, tmp_path / "v1", tiny_onnx)
+    challenger = register_trained_on(settings, r2, tmp_path / "v2", tiny_onnx)
     assert (champion.version, challenger.version) == (1, 2)
     assert registry.promote(settings, champion.version, "test fixture").champion == 1
     tags = registry.client(settings).get_model_version(settings.model_name, "1").tags
