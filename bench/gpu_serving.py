@@ -34,9 +34,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_model
 
 from ml.config import EMOTIONS, PROJECT_ROOT
-from ml.machine import cpu_model
 from serving.batching import BATCH_ROWS, Batcher
 from serving.model import Detector
 

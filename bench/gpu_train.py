@@ -31,10 +31,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from machine import cpu_model
+
 from ml.config import EMOTIONS, PROJECT_ROOT, Settings, TrainParams, resolve_device
 from ml.energy import EnergyMeter
 from ml.layouts import SPLITS, write_data_yaml
-from ml.machine import cpu_model
 from ml.records import DatasetRef
 from ml.sample_data import generate
 from ml.train import data_imgsz, train

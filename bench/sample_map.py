@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ml import data_registry, services
+from emoflow import services
+from ml import data_registry
 from ml.config import PROJECT_ROOT, Settings, TrainParams
 from ml.evaluate import evaluate
 from ml.sample_data import generate

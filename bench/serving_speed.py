@@ -54,10 +54,11 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from machine import cpu_model
 
-from ml import registry, services, yolo
+from emoflow import services
+from ml import registry, yolo
 from ml.config import PROJECT_ROOT, Settings
-from ml.machine import cpu_model
 from ml.records import DatasetRef, TrainResult
 
 RESULTS = PROJECT_ROOT / "bench" / "results" / "serving_speed.json"

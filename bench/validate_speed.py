@@ -31,8 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_model
+
 from ml.config import PROJECT_ROOT, ValidateParams
-from ml.machine import cpu_model
 from ml.records import DatasetRef
 
 RESULTS = PROJECT_ROOT / "bench" / "results" / "validate_speed.json"

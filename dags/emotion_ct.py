@@ -39,45 +39,45 @@ def emotion_ct():
 
     @task
     def pull(revision: str) -> dict:
-        from ml import pipeline
+        from emoflow import steps
 
-        return pipeline.pull(revision).model_dump(mode="json")
+        return steps.pull(revision).model_dump(mode="json")
 
     @task(retries=0)
     def validate(dataset: dict) -> dict:
-        from ml import pipeline
+        from emoflow import steps
         from ml.records import DatasetRef
 
-        return pipeline.validate(DatasetRef(**dataset)).model_dump(mode="json")
+        return steps.validate(DatasetRef(**dataset)).model_dump(mode="json")
 
     @task(queue="gpu", pool="gpu")
     def train(dataset: dict, validation: dict, overrides: dict) -> dict:
-        from ml import pipeline
+        from emoflow import steps
         from ml.records import DatasetRef
 
-        return pipeline.train(DatasetRef(**dataset), overrides).model_dump(mode="json")
+        return steps.train(DatasetRef(**dataset), overrides).model_dump(mode="json")
 
     @task
     def register(trained: dict, dataset: dict, overrides: dict) -> dict:
-        from ml import pipeline
+        from emoflow import steps
         from ml.records import DatasetRef, TrainResult
 
-        ref = pipeline.register(TrainResult(**trained), DatasetRef(**dataset), overrides)
+        ref = steps.register(TrainResult(**trained), DatasetRef(**dataset), overrides)
         return ref.model_dump(mode="json")
 
     @task
     def evaluate(model: dict, trained: dict, dataset: dict, overrides: dict) -> dict:
-        from ml import pipeline
+        from emoflow import steps
         from ml.records import DatasetRef, ModelRef, TrainResult
 
-        gate = pipeline.evaluate(
+        gate = steps.evaluate(
             ModelRef(**model), TrainResult(**trained), DatasetRef(**dataset), overrides
         )
         return gate.model_dump(mode="json")
 
     @task
     def drift(dataset: dict) -> dict:
-        from ml import pipeline
+        from emoflow import steps
         from ml.config import Settings, load_params
         from ml.records import DatasetRef
         from monitoring.drift import check_drift
@@ -85,17 +85,17 @@ def emotion_ct():
         settings = Settings()
         return check_drift(
             DatasetRef(**dataset),
-            pipeline.champion_dataset(),
+            steps.champion_dataset(),
             load_params(settings.params_file).drift,
             settings.reports_dir,
         ).model_dump(mode="json")
 
     @task
     def promote(model: dict, gate: dict, drift_result: dict) -> dict:
-        from ml import pipeline
+        from emoflow import steps
         from ml.records import GateResult, ModelRef
 
-        return pipeline.promote(ModelRef(**model), GateResult(**gate)).model_dump(mode="json")
+        return steps.promote(ModelRef(**model), GateResult(**gate)).model_dump(mode="json")
 
     dataset = pull("{{ params.revision }}")
     trained = train(dataset, validate(dataset), overrides)

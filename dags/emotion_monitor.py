@@ -30,9 +30,9 @@ DEFAULT_ARGS = {"retries": 1, "retry_delay": pendulum.duration(seconds=30)}
 def emotion_monitor():
     @task
     def live_drift() -> dict | None:
-        from ml import pipeline
+        from emoflow import steps
 
-        result = pipeline.monitor_live()
+        result = steps.monitor_live()
         return result.model_dump(mode="json") if result is not None else None
 
     live_drift()

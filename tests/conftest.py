@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ml import services, yolo
+from emoflow import services
+from ml import yolo
 from ml.config import EMOTIONS, Settings
 
 

@@ -16,7 +16,8 @@ import httpx
 import pytest
 import yaml
 
-from ml import data_registry, registry, services
+from emoflow import services
+from ml import data_registry, registry
 from ml.config import PROJECT_ROOT
 from ml.layouts import write_data_yaml
 from ml.lineage import code_commit

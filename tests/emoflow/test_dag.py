@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ml import services
+from emoflow import services
 from ml.config import PROJECT_ROOT
 
 PARSE = """

@@ -10,7 +10,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from ml import data_registry, pipeline
+from emoflow import steps
+from ml import data_registry
 
 PER_SPLIT = 8  # the default params' minimum images per split
 
@@ -82,9 +83,9 @@ def test_layout_goes_through_the_pipelines_pull_and_validate(
     for emotion, count in expected.items():
         assert revision.counts["train"]["classes"][emotion] == count, emotion
 
-    dataset = pipeline.pull(revision.name)
+    dataset = steps.pull(revision.name)
     assert dataset.digest == revision.digest
     assert sorted(p.name for p in dataset.path.iterdir()) == ["data.yaml", "test", "train", "valid"]
-    result = pipeline.validate(dataset)
+    result = steps.validate(dataset)
     assert result.ok, result.errors
     assert result.counts["images"] == 3 * PER_SPLIT

@@ -112,7 +112,7 @@ def s3_server(tmp_path: Path, monkeypatch, free_port):
 
     import boto3
 
-    from ml import services
+    from emoflow import services
 
     port = free_port()
     proc = subprocess.Popen(

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ml import pipeline, registry, services
+from emoflow import services, steps
+from ml import registry
 from ml.config import PROJECT_ROOT
 from ml.records import DatasetRef, EvalResult, GateResult, TrainResult
 
@@ -89,7 +90,7 @@ def test_a_refused_gate_leaves_the_champion_where_it_was(
     worse = EvalResult(version=2, map50=0.1, map50_95=0.05, per_class_recall={})
     refused = GateResult(passed=False, reasons=["FAIL: mAP50 0.100 >= floor 0.250"],
                          challenger=worse, champion=None, report_path=tmp_path / "r.json")  # fmt: skip
-    result = pipeline.promote(v2, refused)
+    result = steps.promote(v2, refused)
     assert not result.promoted and result.champion == 1
     assert "FAIL: mAP50" in result.reason
     assert registry.version_by_alias(settings, registry.CHAMPION).version == 1

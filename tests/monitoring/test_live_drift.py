@@ -1,5 +1,5 @@
 """Live traffic vs the champion's training data: `monitoring.drift.check_live_drift` and the
-step `ml.pipeline.monitor_live`.
+step `emoflow.steps.monitor_live`.
 
 The reference is a small drawn dataset (`ml.sample_data.generate`); the traffic is more faces
 drawn the same way (other seeds), recorded through the real `PredictionLog` into a SQLite file
@@ -163,7 +163,7 @@ def test_too_few_predictions_is_a_clear_error_and_writes_nothing(reference, tmp_
     assert "hunter2" not in str(error.value) and "db.example" in str(error.value)
 
 
-# ------------------------------------------------------------------- ml.pipeline.monitor_live
+# ------------------------------------------------------------------- emoflow.steps.monitor_live
 
 
 def live_settings(
@@ -220,7 +220,7 @@ def test_monitor_live_skips_without_enough_traffic_or_a_champion(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ):
-    from ml import pipeline
+    from emoflow import steps
 
     # A model name with nothing registered under it: the real server has no champion for it.
     settings = live_settings(tmp_path / "home", mlflow_settings, "live-drift-none", monkeypatch)
@@ -229,18 +229,18 @@ def test_monitor_live_skips_without_enough_traffic_or_a_champion(
     monkeypatch.setenv("EMOFLOW_MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     caplog.set_level(logging.INFO, logger="emoflow.pipeline")
-    assert pipeline.monitor_live() is None  # no log file at all yet
+    assert steps.monitor_live() is None  # no log file at all yet
     assert "0 predictions" in caplog.text and str(tmp_path / "log.db") in caplog.text
 
     uri = f"sqlite:///{tmp_path / 'log.db'}"
     log_traffic(uri, traffic(19, seed=10))
-    assert pipeline.monitor_live() is None
+    assert steps.monitor_live() is None
     assert "19 predictions" in caplog.text and "20 needed" in caplog.text
     assert "no champion yet" not in caplog.text
 
     log_traffic(uri, traffic(1, seed=11))
     monkeypatch.setenv("EMOFLOW_MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
-    assert pipeline.monitor_live() is None
+    assert steps.monitor_live() is None
     assert "no champion yet" in caplog.text
     assert not (tmp_path / "home" / "reports").exists()
 
@@ -248,7 +248,8 @@ def test_monitor_live_skips_without_enough_traffic_or_a_champion(
 def test_monitor_live_compares_the_newest_predictions_with_the_champions_data(
     tiny_onnx, reference, tmp_path: Path, mlflow_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ):
-    from ml import pipeline, registry
+    from emoflow import steps
+    from ml import registry
 
     home = tmp_path / "home"
     settings = live_settings(home, mlflow_settings, "live-drift-champion", monkeypatch)
@@ -268,7 +269,7 @@ def test_monitor_live_compares_the_newest_predictions_with_the_champions_data(
     assert not (home / "workspaces").exists()  # nothing pulled yet: monitor_live must pull r1
     log_traffic(f"sqlite:///{tmp_path / 'log.db'}", traffic(40, seed=12))
 
-    result = pipeline.monitor_live()
+    result = steps.monitor_live()
 
     assert isinstance(result, DriftResult) and not result.drifted
     assert result.reference == "r1 (training data of model v1)"

@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 import serving.model
-from ml import data_registry, registry, services
+from emoflow import services
+from ml import data_registry, registry
 from ml.config import EMOTIONS, Settings, TrainParams
 from ml.records import DatasetRef
 from ml.sample_data import Shift, compose_frame, generate

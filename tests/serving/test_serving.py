@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from ml import registry, services, yolo
+from emoflow import services
+from emoflow.steps import request_reload
+from ml import registry, yolo
 from ml.config import EMOTIONS, Settings
-from ml.pipeline import request_reload
 from ml.records import DatasetRef, ModelRef, TrainResult
 from serving.model import (
     Detector,

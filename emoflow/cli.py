@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from ml import data_registry, services
+from emoflow import services
+from ml import data_registry
 from ml.config import ConfigError, Settings, load_params
 
 DAG_ID = "emotion_ct"
