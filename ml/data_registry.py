@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from ml import layouts
 from ml.config import EMOTIONS, Settings
-from ml.layouts import IMAGE_SUFFIXES, SPLITS
+from ml.dataset_format import SPLITS, label_path, list_images, read_label, write_data_yaml
 from ml.records import DatasetRef
 
 DATASET = "data/emotions"
@@ -52,15 +52,12 @@ def summarise(dataset: Path) -> dict[str, dict]:
     """Images, boxes, background images and boxes per emotion, for each split of a dataset."""
     counts = {}
     for split in SPLITS:
-        images = [
-            p for p in (dataset / split / "images").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-        ]
+        images = list_images(dataset / split / "images")
         classes = dict.fromkeys(EMOTIONS, 0)
         boxes = background = 0
         for image in images:
-            label = dataset / split / "labels" / f"{image.stem}.txt"
-            lines = label.read_text().split("\n") if label.exists() else []
-            ids = [line.split()[0] for line in lines if line.strip()]
+            label = label_path(image)
+            ids = [line.fields[0] for line in read_label(label)] if label.exists() else []
             background += not ids
             for class_id in ids:
                 boxes += 1
@@ -133,7 +130,7 @@ def _merge_batch(batch: Path, dataset: Path) -> int:
                     )
                 shutil.copy2(src, dst)
                 added += src is image
-    layouts.write_data_yaml(dataset)
+    write_data_yaml(dataset)
     return added
 
 

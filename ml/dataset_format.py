@@ -19,10 +19,12 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ml.config import EMOTIONS
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 """The canonical split folders, in this order everywhere."""
@@ -159,4 +161,6 @@ def letterbox(image: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, Le
 
 def to_tensor(image: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (1, 3, H, W) float32 in [0, 1]: the model's input."""
+    import numpy as np
+
     return np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0

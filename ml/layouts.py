@@ -40,11 +40,8 @@ from typing import Any
 import yaml
 
 from ml.config import EMOTIONS
+from ml.dataset_format import SPLITS, list_images, read_label, write_data_yaml
 
-SPLITS = ("train", "valid", "test")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
-
-SPLITS: tuple[str, ...] = ("train", "valid", "test")
 SPLIT_FOLDERS: dict[str, str] = {"train": "train", "val": "valid", "valid": "valid", "test": "test"}
 """Split folder (or data.yaml key) -> canonical split name."""
 
@@ -254,7 +251,7 @@ def _convert_yolo(splits: _YoloSplits, out: Path) -> dict[str, dict[str, int]]:
         counts[split] = _empty_counts()
         taken: dict[str, Path] = {}
         images_out, labels_out = _split_dirs(out, split)
-        for image in _images_in(folder, recursive=True):
+        for image in list_images(folder, recursive=True):
             name = "__".join(image.relative_to(folder).parts)
             _claim(taken, name, image)
             shutil.copyfile(image, images_out / name)
@@ -277,13 +274,11 @@ def _remap_label(
     validation reports them with file and line. An uncovered id inside 0..7 is an error here,
     since copying it would silently read as another emotion."""
     lines, ids = [], set()
-    for number, line in enumerate(label.read_text().splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
+    for line in read_label(label):
+        number, fields = line.number, line.fields
         source_id = _class_id(fields[0]) if len(fields) == 5 else None
         if source_id is None or (source_id not in id_map and not 0 <= source_id < len(EMOTIONS)):
-            lines.append(line)
+            lines.append(line.text)
             continue
         if source_id not in id_map:
             raise LayoutError(
@@ -336,7 +331,7 @@ def _convert_class_folders(source: Path, out: Path) -> dict[str, dict[str, int]]
                 class_id = canonical_emotion(folder.name)
             except LayoutError as exc:
                 raise LayoutError(f"{folder}: {exc}") from None
-            for image in _images_in(folder, recursive=False):
+            for image in list_images(folder):
                 name = f"{folder.name}__{image.name}"
                 _claim(taken, name, image)
                 shutil.copyfile(image, images_out / name)
@@ -348,15 +343,6 @@ def _convert_class_folders(source: Path, out: Path) -> dict[str, dict[str, int]]
 
 
 # --- shared helpers -------------------------------------------------------------------------
-
-
-def _images_in(folder: Path, recursive: bool) -> list[Path]:
-    files = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(
-        p for p in files
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )  # fmt: skip
 
 
 def _claim(taken: dict[str, Path], name: str, image: Path) -> None:
@@ -382,14 +368,3 @@ def _count(counts: dict[str, int], ids: set[int]) -> None:
         counts[EMOTIONS[class_id]] += 1
     if not ids:
         counts[BACKGROUND] += 1
-
-
-def write_data_yaml(out: Path) -> None:
-    """The canonical data.yaml: split folders relative to it, the eight emotions in id order."""
-    (out / "data.yaml").write_text(
-        yaml.safe_dump(
-            {"train": "train/images", "val": "valid/images", "test": "test/images",
-             "nc": len(EMOTIONS), "names": list(EMOTIONS)},
-            sort_keys=False,
-        )
-    )  # fmt: skip

@@ -18,7 +18,6 @@ imported at module level: pandas is imported inside `dataset_features`.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +26,7 @@ import cv2
 import numpy as np
 
 from ml.config import EMOTIONS
+from ml.dataset_format import SPLITS, label_path, list_images, read_label
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
@@ -45,7 +45,6 @@ FEATURES: tuple[str, ...] = (
 )
 """The numeric features, in the column order of the tables this module builds."""
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 NO_LABEL = -1
 """`class_id` of an image without a (readable) label line."""
 NO_LABEL_EMOTION = "none"
@@ -94,29 +93,18 @@ def image_features(
     }
 
 
-def read_label(path: Path) -> tuple[int, tuple[float, float, float, float] | None]:
+def first_box(label: Path) -> tuple[int, tuple[float, float, float, float] | None]:
     """First box of a YOLO label file: ``(class_id, (cx, cy, w, h))``.
 
-    A missing, empty or unparsable file gives ``(NO_LABEL, None)``: the validation step, not
-    this one, reports bad labels.
+    A missing or empty file, or a first line that is not a well-formed box of one of the eight
+    emotions, gives ``(NO_LABEL, None)``: the validation step, not this one, reports bad labels.
     """
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        lines = read_label(label)
     except OSError:
         return NO_LABEL, None
-    for line in text.splitlines():
-        parts = line.split()
-        if not parts:
-            continue
-        try:
-            class_id = int(parts[0])
-            cx, cy, w, h = (float(v) for v in parts[1:5])  # fewer than five fields: ValueError
-        except ValueError:
-            return NO_LABEL, None
-        if not all(map(math.isfinite, (cx, cy, w, h))):
-            return NO_LABEL, None
-        return class_id, (cx, cy, w, h)
-    return NO_LABEL, None
+    box = lines[0].box if lines else None
+    return box if box is not None else (NO_LABEL, None)
 
 
 def emotion_name(class_id: int) -> str:
@@ -124,13 +112,12 @@ def emotion_name(class_id: int) -> str:
     return EMOTIONS[class_id] if 0 <= class_id < len(EMOTIONS) else NO_LABEL_EMOTION
 
 
-def dataset_features(
-    root: Path, splits: Sequence[str] = ("train", "valid", "test")
-) -> pandas.DataFrame:
+def dataset_features(root: Path, splits: Sequence[str] = SPLITS) -> pandas.DataFrame:
     """One row per image of a YOLO-layout folder, columns `COLUMNS`.
 
-    Images are ``<root>/<split>/images/*.png|jpg|jpeg``; the label of ``<stem>.<ext>`` is
-    ``<root>/<split>/labels/<stem>.txt`` (first line ``class cx cy w h``). ``file`` is the
+    Images are the image files (`ml.dataset_format.list_images`: PNG, JPEG, BMP, WEBP, TIFF, as
+    validation and training take them) of ``<root>/<split>/images/``; the label of
+    ``<stem>.<ext>`` is ``<root>/<split>/labels/<stem>.txt`` (first line ``class cx cy w h``). ``file`` is the
     image path relative to ``root`` (POSIX form). A split folder that does not exist gives no
     rows; files Pillow cannot decode are skipped (and counted in the log).
     """
@@ -141,19 +128,16 @@ def dataset_features(
     rows: list[dict] = []
     for split in splits:
         image_dir = root / split / "images"
-        label_dir = root / split / "labels"
         if not image_dir.is_dir():
             log.info("dataset_features: %s: no images folder, split skipped", image_dir)
             continue
-        files = sorted(
-            p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-        )
+        files = list_images(image_dir)
         skipped = 0
         for path in files:
             try:
                 with Image.open(path) as image:
                     image.load()
-                    class_id, box = read_label(label_dir / f"{path.stem}.txt")
+                    class_id, box = first_box(label_path(path))
                     feats = image_features(image, box)
             except (
                 OSError,

@@ -3,7 +3,7 @@
 Cycles on a tiny generated dataset. The gate's floors are zero in this test's params so the
 2-epoch model can become champion; a later challenger must beat it by 0.01 mAP50 on the lower
 bound of the bootstrap interval, which a 1-epoch model cannot (the rules themselves are tested
-in test_gate and test_evaluate).
+in test_gate and test_scoring).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import yaml
 from emoflow import services
 from ml import data_registry, registry
 from ml.config import PROJECT_ROOT
-from ml.layouts import write_data_yaml
+from ml.dataset_format import write_data_yaml
 from ml.lineage import code_commit
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 TINY_PARAMS = {
     "sample": {"seed": 0, "train": 48, "valid": 16, "test": 16},

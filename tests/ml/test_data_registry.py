@@ -9,7 +9,7 @@ from PIL import Image
 
 from ml import data_registry
 from ml.data_registry import DataRegistryError
-from ml.layouts import write_data_yaml
+from ml.dataset_format import write_data_yaml
 
 
 def write_batch(root: Path, prefix: str, per_split: int = 3, colour=(90, 120, 150)) -> Path:

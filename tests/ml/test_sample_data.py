@@ -17,7 +17,8 @@ from pydantic import ValidationError
 
 from ml import sample_data
 from ml.config import EMOTIONS
-from ml.sample_data import IMAGE_SIZE, SPLITS, Shift, generate
+from ml.dataset_format import SPLITS
+from ml.sample_data import IMAGE_SIZE, Shift, generate
 
 COUNTS = {"train": 12, "valid": 4, "test": 4}
 
