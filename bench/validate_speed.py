@@ -126,7 +126,8 @@ def main() -> None:
     workers = [int(w) for w in args.workers.split(",")]
     load_before = load()
 
-    from ml.validate import _gx, validate
+    from ml.validate import validate
+    from ml.validate.checkpoint import _gx
 
     tmp = Path(tempfile.mkdtemp(prefix="emoflow-validate-bench-"))
     try:

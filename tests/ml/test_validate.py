@@ -25,17 +25,16 @@ from ml.records import DatasetRef, ValidationResult
 from ml.sample_data import generate
 from ml.validate import (
     MAX_LINES,
-    RULES,
-    TABLES,
     Finding,
     InvalidDataError,
     _cap,
-    build_tables,
     ensure_valid,
     error_total,
     report,
     validate,
 )
+from ml.validate.rules import RULES, TABLES
+from ml.validate.tables import build_tables
 
 # Two images per split cannot hold eight balanced classes: the balance rules are off here and
 # tested on their own below.
@@ -175,9 +174,9 @@ def test_parallel_decode_runs_in_other_processes_and_gives_the_same_rows(dataset
     # The pool is only used in a single-threaded process; earlier tests in this process may
     # have left threads running, so check it in a fresh interpreter.
     code = (
-        "import os; from ml import validate as v\n"
+        "import os; from ml.validate import tables as v\n"
         "def _decode_chunk(paths): return [(os.getpid(),) for _ in paths]\n"
-        "_decode_chunk.__module__ = 'ml.validate'; v._decode_chunk = _decode_chunk\n"
+        "_decode_chunk.__module__ = 'ml.validate.tables'; v._decode_chunk = _decode_chunk\n"
         "pids = {pid for (pid,) in v.decode_images(['x'] * 300, workers=2)}\n"
         "print(len(pids), os.getpid() in pids)"
     )
@@ -574,3 +573,11 @@ def test_import_is_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_package_keeps_the_names_its_callers_use() -> None:
+    from ml import validate as validation  # as emoflow/steps.py imports it
+
+    assert validation.validate is validate and validation.ensure_valid is ensure_valid
+    assert validation.InvalidDataError is InvalidDataError
+    assert issubclass(InvalidDataError, ValueError)
