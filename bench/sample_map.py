@@ -1,7 +1,7 @@
 """How well YOLOv8n learns the drawn sample faces, trained through emoflow's own steps.
 
 In one run, on the same generated dataset and the same training configuration:
-  emoflow   ml.train.train (MLflow run, per-epoch metrics, ONNX export) + ml.evaluate.evaluate
+  emoflow   ml.train.train (MLflow run, per-epoch metrics, ONNX export) + ml.scoring.score
   baseline  a plain ultralytics `YOLO(...).train(...)` + `.val(split="test")`, nothing else
 It prints test mAP50 / mAP50-95 and training throughput (images/s) of both, and writes them with
 the machine's description to bench/results/sample_map.json.
@@ -21,8 +21,8 @@ from pathlib import Path
 from emoflow import services
 from ml import data_registry
 from ml.config import PROJECT_ROOT, Settings, TrainParams
-from ml.evaluate import evaluate
 from ml.sample_data import generate
+from ml.scoring import score
 from ml.train import train
 from ml.yolo import load
 
@@ -58,7 +58,7 @@ def main() -> None:
         started = time.monotonic()
         trained = train(params, dataset, home / "runs", settings, {"git_commit": "bench"})
         seconds = time.monotonic() - started
-        result = evaluate(trained.weights, dataset, args.imgsz, None, settings)
+        result = score(trained.weights, dataset, args.imgsz, None, settings)
         rows["emoflow"] = (seconds, result.map50, result.map50_95)
 
         ultralytics = load(home / "ultralytics")

@@ -20,10 +20,10 @@ MODEL_ARTIFACT = "model"  # name of the logged ONNX model inside each training r
 
 
 def client(settings: Settings) -> MlflowClient:
+    """A client of the tracking server and registry `settings` name; it changes no
+    process-wide MLflow state (the fluent API's tracking URI stays whatever it was)."""
     import mlflow
 
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
     return mlflow.MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
 
 
@@ -53,7 +53,7 @@ def register(
     if existing:
         version = min(int(v.version) for v in existing)
         return ModelRef(name=name, version=version, run_id=train.run_id)
-    import mlflow
+    from mlflow.exceptions import MlflowException
 
     tags = {
         "data_revision": dataset.revision,
@@ -62,7 +62,16 @@ def register(
         **lineage,
         **{f"val_{k}": f"{v:.4f}" for k, v in train.metrics.items()},
     }
-    version = mlflow.register_model(train.model_uri, name, tags=tags).version
+    try:
+        mlflow_client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    model_id = train.model_uri.removeprefix("models:/")  # a logged model: models:/m-<id>
+    version = mlflow_client.create_model_version(
+        name, source=train.model_uri, run_id=train.run_id, tags=tags,
+        model_id=model_id if model_id.startswith("m-") else None,
+    ).version  # fmt: skip
     ref = ModelRef(name=name, version=int(version), run_id=train.run_id)
     mlflow_client.set_registered_model_alias(name, CHALLENGER, str(ref.version))
     return ref
@@ -91,10 +100,13 @@ def download_onnx(settings: Settings, ref: ModelRef, dst: Path) -> Path:
     """Download the ONNX file of a model version into `dst`; returns the .onnx path."""
     import mlflow
 
-    client(settings)
+    uri = settings.mlflow_tracking_uri
     local = Path(
-        mlflow.artifacts.download_artifacts(f"models:/{ref.name}/{ref.version}", dst_path=str(dst))
-    )
+        mlflow.artifacts.download_artifacts(
+            f"models:/{ref.name}/{ref.version}", dst_path=str(dst), tracking_uri=uri,
+            registry_uri=uri,
+        )
+    )  # fmt: skip
     return next(local.glob("*.onnx"))
 
 
@@ -102,12 +114,12 @@ def download_weights(settings: Settings, ref: ModelRef, dst: Path) -> Path:
     """Download the torch weights logged with a model version's run; returns the .pt path."""
     import mlflow
 
-    client(settings)
     local = Path(
         mlflow.artifacts.download_artifacts(
-            run_id=ref.run_id, artifact_path="weights", dst_path=str(dst)
+            run_id=ref.run_id, artifact_path="weights", dst_path=str(dst),
+            tracking_uri=settings.mlflow_tracking_uri,
         )
-    )
+    )  # fmt: skip
     return next(local.glob("*.pt"))
 
 

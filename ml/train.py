@@ -177,7 +177,7 @@ def train(
     from mlflow.data.meta_dataset import MetaDataset
 
     ultralytics = yolo.load(settings.home / "ultralytics")
-    registry.client(settings)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)  # the fluent run below logs there
     mlflow.set_experiment(EXPERIMENT)
     identity = {"data_digest": dataset.digest, **lineage}
     if reuse and (earlier := _find_earlier_run(identity)) is not None:

@@ -1,12 +1,16 @@
-"""The gate's decision, rule by rule, and its report, without servers or models."""
+"""The gate's verdict, rule by rule, and its report, without servers or models; then the step
+itself, on a tiny untrained model against the real MLflow server."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from ml import registry, sample_data
 from ml.config import GateParams
-from ml.evaluate import decide, markdown, rules, write_report
-from ml.records import EvalResult, GateResult
+from ml.dataset_format import list_images
+from ml.gate import gate, markdown, verdict, write_report
+from ml.records import DatasetRef, EvalResult, GateResult, ModelRef
 
 RECALL = {"happy": 0.90, "sad": 0.80, "fear": 0.70}
 
@@ -39,49 +43,55 @@ PARAMS = GateParams(
 FAST = 5.0  # ms, within PARAMS' budget
 
 
-def fails(reasons: list[str]) -> list[str]:
-    return [r for r in reasons if r.startswith("FAIL")]
+def reasons(checks: list[GateResult.Check]) -> list[str]:
+    return [c.reason for c in checks]
+
+
+def fails(checks: list[GateResult.Check]) -> list[str]:
+    failed = [c.reason for c in checks if not c.passed]
+    assert all(r.startswith("FAIL: ") for r in failed)
+    return failed
 
 
 # ------------------------------------------------------------------------- first model
 
 
 def test_first_model_passes_on_absolute_rules_and_latency_only():
-    passed, reasons = decide(result(0.31), None, PARAMS, latency_ms=FAST)
-    assert passed, reasons
-    assert any("no champion yet" in r for r in reasons)
-    assert not any("champion v" in r or "recall" in r for r in reasons)
+    passed, checks = verdict(result(0.31), None, PARAMS, latency_ms=FAST)
+    assert passed, reasons(checks)
+    assert any("no champion yet" in r for r in reasons(checks))
+    assert not any("champion v" in r or "recall" in r for r in reasons(checks))
 
 
 def test_first_model_below_a_floor_is_refused_and_says_which():
-    passed, reasons = decide(result(0.29), None, PARAMS, latency_ms=FAST)
+    passed, checks = verdict(result(0.29), None, PARAMS, latency_ms=FAST)
     assert not passed
-    assert fails(reasons) == ["FAIL: mAP50 0.290 >= floor 0.300 (test split of r1)"]
-    passed, reasons = decide(result(0.9, map50_95=0.05), None, PARAMS, latency_ms=FAST)
+    assert fails(checks) == ["FAIL: mAP50 0.290 >= floor 0.300 (test split of r1)"]
+    passed, checks = verdict(result(0.9, map50_95=0.05), None, PARAMS, latency_ms=FAST)
     assert not passed
-    assert fails(reasons) == ["FAIL: mAP50-95 0.050 >= floor 0.100"]
+    assert fails(checks) == ["FAIL: mAP50-95 0.050 >= floor 0.100"]
 
 
 def test_reasons_name_the_test_revision():
-    _, reasons = decide(result(0.9, revision="r7"), None, PARAMS, latency_ms=FAST)
-    assert "test split of r7" in reasons[0]
+    _, checks = verdict(result(0.9, revision="r7"), None, PARAMS, latency_ms=FAST)
+    assert "test split of r7" in checks[0].reason
 
 
 # ------------------------------------------------------------------------------ latency
 
 
 def test_latency_over_budget_refuses_even_the_first_model():
-    passed, reasons = decide(result(0.9), None, PARAMS, latency_ms=25.0)
+    passed, checks = verdict(result(0.9), None, PARAMS, latency_ms=25.0)
     assert not passed
-    assert fails(reasons) == ["FAIL: median ONNX Runtime CPU latency 25.00 ms <= budget 20.0 ms"]
-    assert decide(result(0.9), None, PARAMS, latency_ms=19.99)[0]
+    assert fails(checks) == ["FAIL: median ONNX Runtime CPU latency 25.00 ms <= budget 20.0 ms"]
+    assert verdict(result(0.9), None, PARAMS, latency_ms=19.99)[0]
 
 
 def test_unmeasured_latency_refuses_unless_the_rule_is_off():
-    passed, reasons = decide(result(0.9), None, PARAMS)
-    assert not passed and "not measured" in fails(reasons)[0]
+    passed, checks = verdict(result(0.9), None, PARAMS)
+    assert not passed and "not measured" in fails(checks)[0]
     no_budget = PARAMS.model_copy(update={"max_latency_ms": None})
-    assert decide(result(0.9), None, no_budget)[0]
+    assert verdict(result(0.9), None, no_budget)[0]
 
 
 # -------------------------------------------------------------- improvement over champion
@@ -89,29 +99,29 @@ def test_unmeasured_latency_refuses_unless_the_rule_is_off():
 
 def test_challenger_must_beat_the_champion_beyond_noise():
     champion = result(0.60, version=1)
-    assert decide(result(0.66), champion, PARAMS, ci(0.03, 0.09), FAST)[0]
+    assert verdict(result(0.66), champion, PARAMS, ci(0.03, 0.09), FAST)[0]
     # a point gain of +0.06 whose interval reaches below the minimum does not promote
-    passed, reasons = decide(result(0.66), champion, PARAMS, ci(0.01, 0.11, diff=0.06), FAST)
+    passed, checks = verdict(result(0.66), champion, PARAMS, ci(0.01, 0.11, diff=0.06), FAST)
     assert not passed
-    assert fails(reasons) == [
+    assert fails(checks) == [
         "FAIL: mAP50 gain over champion v1 +0.060, 95% CI [+0.010, +0.110] "
         "(200 resamples of 400 images): lower bound +0.010 >= +0.020"
     ]
-    assert not decide(result(0.40), champion, PARAMS, ci(-0.25, -0.15), FAST)[0]
+    assert not verdict(result(0.40), champion, PARAMS, ci(-0.25, -0.15), FAST)[0]
 
 
 def test_a_champion_without_bootstrap_evidence_refuses():
-    passed, reasons = decide(result(0.9), result(0.6, version=1), PARAMS, None, FAST)
+    passed, checks = verdict(result(0.9), result(0.6, version=1), PARAMS, None, FAST)
     assert not passed
-    assert "no bootstrap confidence interval" in fails(reasons)[0]
+    assert "no bootstrap confidence interval" in fails(checks)[0]
 
 
 def test_models_scored_on_different_test_splits_refuse():
     champion = result(0.6, version=1, revision="r2")
-    passed, reasons = decide(result(0.9), champion, PARAMS, ci(0.2, 0.3), FAST)
+    passed, checks = verdict(result(0.9), champion, PARAMS, ci(0.2, 0.3), FAST)
     assert not passed
-    assert fails(reasons)[0].startswith("FAIL: challenger and champion v1 scored on the same")
-    assert "revision r1" in fails(reasons)[0] and "revision r2" in fails(reasons)[0]
+    assert fails(checks)[0].startswith("FAIL: challenger and champion v1 scored on the same")
+    assert "revision r1" in fails(checks)[0] and "revision r2" in fails(checks)[0]
 
 
 # ------------------------------------------------------------------- per-class recall
@@ -119,16 +129,16 @@ def test_models_scored_on_different_test_splits_refuse():
 
 def test_recall_regression_within_bound_passes():
     challenger = result(0.7, recall={"happy": 0.86, "sad": 0.95, "fear": 0.70})  # happy -0.04
-    passed, reasons = decide(challenger, result(0.6, version=1), PARAMS, ci(0.05, 0.15), FAST)
-    assert passed, reasons
-    assert "PASS: per-class recall drop vs champion v1 +0.040 (largest) <= 0.050" in reasons
+    passed, checks = verdict(challenger, result(0.6, version=1), PARAMS, ci(0.05, 0.15), FAST)
+    assert passed, reasons(checks)
+    assert "PASS: per-class recall drop vs champion v1 +0.040 (largest) <= 0.050" in reasons(checks)
 
 
 def test_recall_regression_names_the_classes_that_regressed():
     challenger = result(0.7, recall={"happy": 0.80, "sad": 0.80, "fear": 0.60})
-    passed, reasons = decide(challenger, result(0.6, version=1), PARAMS, ci(0.05, 0.15), FAST)
+    passed, checks = verdict(challenger, result(0.6, version=1), PARAMS, ci(0.05, 0.15), FAST)
     assert not passed
-    assert fails(reasons) == [
+    assert fails(checks) == [
         "FAIL: per-class recall drop vs champion v1 <= 0.050; regressed: "
         "fear 0.700 -> 0.600 (-0.100), happy 0.900 -> 0.800 (-0.100)"
     ]
@@ -136,8 +146,8 @@ def test_recall_regression_names_the_classes_that_regressed():
 
 def test_a_class_the_challenger_lost_counts_as_zero_recall():
     challenger = result(0.7, recall={"happy": 0.9, "sad": 0.8})
-    passed, reasons = decide(challenger, result(0.6, version=1), PARAMS, ci(0.05, 0.15), FAST)
-    assert not passed and "fear 0.700 -> 0.000" in fails(reasons)[0]
+    passed, checks = verdict(challenger, result(0.6, version=1), PARAMS, ci(0.05, 0.15), FAST)
+    assert not passed and "fear 0.700 -> 0.000" in fails(checks)[0]
 
 
 # ---------------------------------------------------------------------------- the report
@@ -146,16 +156,16 @@ def test_a_class_the_challenger_lost_counts_as_zero_recall():
 def test_report_has_a_row_per_rule_and_the_json_has_everything(tmp_path: Path):
     challenger = result(0.7, recall={"happy": 0.80, "sad": 0.85, "fear": 0.70})
     champion = result(0.6, version=1)
-    checks = rules(challenger, champion, PARAMS, ci(0.05, 0.15), FAST)
-    gate = write_report(
+    passed, checks = verdict(challenger, champion, PARAMS, ci(0.05, 0.15), FAST)
+    report = write_report(
         GateResult(
-            passed=all(c.passed for c in checks), reasons=[c.reason for c in checks],
+            passed=passed, reasons=reasons(checks),
             challenger=challenger, champion=champion, report_path=tmp_path / "gate-v2.json",
             test_revision="r1", checks=checks, bootstrap=ci(0.05, 0.15), latency_ms=FAST,
         )
     )  # fmt: skip
-    text = gate.markdown_path.read_text()
-    assert text == markdown(gate) and text.startswith("# Gate: REFUSED")
+    text = report.markdown_path.read_text()
+    assert text == markdown(report) and text.startswith("# Gate: REFUSED")
     for rule in ("min_map50", "min_map50_95", "max_latency_ms", "min_improvement",
                  "max_recall_regression", "same_test_set"):  # fmt: skip
         assert f"| {rule} |" in text
@@ -163,6 +173,70 @@ def test_report_has_a_row_per_rule_and_the_json_has_everything(tmp_path: Path):
     assert "| max_latency_ms | 5.00 ms | <= 20.0 ms | PASS |" in text
     assert "| happy | 0.900 | 0.800 | -0.100 |" in text
     assert "data revision `r1`" in text
-    back = GateResult.model_validate_json(gate.report_path.read_text())
-    assert back == gate and back.bootstrap.low == pytest.approx(0.05)
+    back = GateResult.model_validate_json(report.report_path.read_text())
+    assert back == report and back.bootstrap.low == pytest.approx(0.05)
     assert not list(tmp_path.glob(".*tmp"))  # nothing half-written left behind
+
+
+# ------------------------------------------------------------------------------ the step
+
+
+def test_gate_refuses_a_test_set_other_than_the_frozen_revision(tmp_path: Path, make_settings):
+    dataset = DatasetRef(revision="r9", commit="none", digest="none", path=tmp_path / "data")
+    ref = ModelRef(name="m", version=2, run_id="none")
+    params = GateParams(test_revision="r1")
+    with pytest.raises(ValueError, match="gate.test_revision is 'r1'.*revision 'r9'"):
+        gate(ref, tmp_path / "w.pt", dataset, 64, params, make_settings(tmp_path), tmp_path,
+             tmp_path / "m.onnx")  # fmt: skip
+
+
+def test_the_step_logs_to_the_training_run_without_reopening_it(
+    mlflow_settings, untrained_weights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A first model (no champion) on a tiny untrained YOLOv8n: the report, the per-image
+    stats and the test metrics land in its training run through the client; the run stays
+    FINISHED with its end time, and MLflow's fluent API is not used."""
+    import mlflow
+    from PIL import Image
+
+    settings = mlflow_settings.model_copy(
+        update={"model_name": "gate-step", "home": tmp_path / "home"}
+    )
+    data = tmp_path / "data"
+    sample_data.generate(data, train=2, valid=2, test=6, seed=3)
+    images = [np.asarray(Image.open(p).convert("RGB").resize((64, 64)))
+              for p in list_images(data / "test" / "images")]  # fmt: skip
+    weights = untrained_weights(np.stack(images), tmp_path / "tiny.pt", tmp_path / "ultralytics")
+    dataset = DatasetRef(revision="r4", commit="none", digest="none", path=data)
+
+    client = registry.client(settings)
+    run = client.create_run(client.create_experiment(f"gate-step-{tmp_path.name}"))
+    run_id = run.info.run_id
+    client.set_terminated(run_id)
+    finished = client.get_run(run_id).info
+    client.create_registered_model(settings.model_name)
+    version = client.create_model_version(
+        settings.model_name, source=f"{run.info.artifact_uri}/model", run_id=run_id
+    ).version
+    ref = ModelRef(name=settings.model_name, version=int(version), run_id=run_id)
+
+    def fluent(*_args, **_kwargs):
+        raise AssertionError("the gate must not use MLflow's fluent API")
+
+    for name in ("start_run", "log_artifact", "log_metric", "log_metrics"):
+        monkeypatch.setattr(mlflow, name, fluent)
+    params = GateParams(min_map50=0.0, min_map50_95=0.0, max_latency_ms=None)
+    result = gate(ref, weights, dataset, 64, params, settings, tmp_path / "out",
+                  tmp_path / "unused.onnx")  # fmt: skip
+
+    assert result.passed and result.champion is None and result.test_revision == "r4"
+    assert result.challenger.images == 6 and result.report_path.is_file()
+    after = client.get_run(run_id)
+    assert (after.info.status, after.info.end_time) == ("FINISHED", finished.end_time)
+    assert after.data.metrics == pytest.approx(
+        {"test_map50": result.challenger.map50, "test_map50_95": result.challenger.map50_95}
+    )
+    logged = sorted(a.path for a in client.list_artifacts(run_id, "gate"))
+    assert logged == [f"gate/eval-v{version}.npz", f"gate/gate-v{version}.json",
+                      f"gate/gate-v{version}.md"]  # fmt: skip
+    assert client.get_model_version(settings.model_name, version).tags["gate"] == "passed"

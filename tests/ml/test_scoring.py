@@ -1,6 +1,6 @@
-"""The gate's measurements: per-image stats, the paired bootstrap, ONNX latency.
+"""Scoring one model on one test split: per-image stats, the paired bootstrap, ONNX latency.
 
-The bootstrap runs on synthetic per-image stats; `evaluate` and the latency run on a tiny
+The bootstrap runs on synthetic per-image stats; `score` and the latency run on a tiny
 untrained YOLOv8n (built from YAML, nothing downloaded) over a few drawn test images at 64 px.
 """
 
@@ -14,18 +14,17 @@ import pytest
 
 from ml import sample_data, yolo
 from ml.config import EMOTIONS, GateParams
-from ml.evaluate import (
+from ml.gate import verdict
+from ml.records import DatasetRef, EvalResult
+from ml.scoring import (
     ImageStats,
+    Map50,
     bootstrap_map50_diff,
-    decide,
-    evaluate,
-    gate,
-    map50,
     measure_latency,
     same_images,
+    score,
     split_images,
 )
-from ml.records import DatasetRef, EvalResult, ModelRef
 
 IMGSZ = 64
 NC = len(EMOTIONS)
@@ -62,8 +61,8 @@ def test_map50_matches_ultralytics_ap_per_class(tmp_path: Path):
 
     stats = synthetic(0.6)
     ap = ap_per_class(stats.tp, stats.conf, stats.pred_cls, stats.target_cls)[5]
-    assert map50(stats) == pytest.approx(ap[:, 0].mean(), abs=1e-12)
-    assert 0.3 < map50(stats) < 0.9
+    assert Map50(stats)() == pytest.approx(ap[:, 0].mean(), abs=1e-12)
+    assert 0.3 < Map50(stats)() < 0.9
 
 
 def test_image_stats_round_trip_sorted_by_name(tmp_path: Path):
@@ -89,9 +88,9 @@ def test_identical_models_do_not_promote():
     assert b.low <= 0 <= b.high and b.map50_diff == 0
     params = GateParams(min_improvement=0.01, max_latency_ms=None)
     base = EvalResult(version=1, map50=0.6, map50_95=0.4, per_class_recall={}, revision="r1")
-    passed, reasons = decide(base.model_copy(update={"version": 2}), base, params, b)
+    passed, checks = verdict(base.model_copy(update={"version": 2}), base, params, b)
     assert not passed
-    assert any(r.startswith("FAIL: mAP50 gain over champion v1 +0.000") for r in reasons)
+    assert any(c.reason.startswith("FAIL: mAP50 gain over champion v1 +0.000") for c in checks)
 
 
 def test_equally_good_models_have_an_interval_around_zero():
@@ -103,7 +102,7 @@ def test_equally_good_models_have_an_interval_around_zero():
 def test_a_clearly_better_model_has_a_positive_lower_bound():
     better, worse = synthetic(0.85, seed=1), synthetic(0.5, seed=2)
     b = bootstrap_map50_diff(better, worse, samples=200, confidence=0.95, seed=0)
-    assert b.map50_diff == pytest.approx(map50(better) - map50(worse))
+    assert b.map50_diff == pytest.approx(Map50(better)() - Map50(worse)())
     assert 0 < b.low < b.map50_diff < b.high
     again = bootstrap_map50_diff(better, worse, samples=200, confidence=0.95, seed=0)
     assert (again.low, again.high) == (b.low, b.high)  # seeded
@@ -146,12 +145,10 @@ def tiny(
     return weights, onnx, dataset
 
 
-def test_evaluate_writes_per_image_stats_that_reproduce_its_map(
-    tiny, tmp_path: Path, make_settings
-):
+def test_score_writes_per_image_stats_that_reproduce_its_map(tiny, tmp_path: Path, make_settings):
     weights, _, dataset = tiny
     settings = make_settings(tmp_path / "home")
-    result = evaluate(weights, dataset, IMGSZ, 3, settings, stats_dir=tmp_path / "gate")
+    result = score(weights, dataset, IMGSZ, 3, settings, stats_dir=tmp_path / "gate")
     assert result.stats_path == tmp_path / "gate" / "eval-v3.npz"
     assert (result.revision, result.images) == ("r9", 12)
     stats = ImageStats.load(result.stats_path)
@@ -162,7 +159,7 @@ def test_evaluate_writes_per_image_stats_that_reproduce_its_map(
               .read_text().splitlines()]  # fmt: skip
     assert stats.target_cls.tolist() == labels
     assert stats.tp.shape == (len(stats.conf), 10) and len(stats.conf) > 0
-    assert map50(stats) == pytest.approx(result.map50, abs=1e-9)
+    assert Map50(stats)() == pytest.approx(result.map50, abs=1e-9)
 
 
 def test_latency_of_the_onnx_export_is_measured(tiny):
@@ -175,11 +172,17 @@ def test_latency_of_the_onnx_export_is_measured(tiny):
         measure_latency(onnx, [], IMGSZ)
 
 
-def test_gate_refuses_a_test_set_other_than_the_frozen_revision(
-    tiny, tmp_path: Path, make_settings
-):
-    weights, onnx, dataset = tiny
-    ref = ModelRef(name="m", version=2, run_id="none")
-    params = GateParams(test_revision="r1")
-    with pytest.raises(ValueError, match="gate.test_revision is 'r1'.*revision 'r9'"):
-        gate(ref, weights, dataset, IMGSZ, params, make_settings(tmp_path), tmp_path, onnx)
+def test_split_images_reads_the_split_it_is_given(tmp_path: Path):
+    for split, names in (("valid", ["v2.png", "v1.jpg", "notes.txt"]),
+                         ("test", ["t1.png", "t3.webp", "t2.png", ".hidden.png"])):  # fmt: skip
+        folder = tmp_path / split / "images"
+        folder.mkdir(parents=True)
+        for name in names:
+            (folder / name).write_bytes(b"")
+    dataset = DatasetRef(revision="r1", commit="none", digest="none", path=tmp_path)
+    assert [p.name for p in split_images(dataset, 5, "valid")] == ["v1.jpg", "v2.png"]
+    assert [p.name for p in split_images(dataset, 2)] == ["t1.png", "t2.png"]  # test by default
+    assert [p.name for p in split_images(dataset, 9, "test")] == ["t1.png", "t2.png", "t3.webp"]
+    assert split_images(dataset, 5, "train") == []  # no images folder
+    with pytest.raises(ValueError, match="unknown split 'val'"):
+        split_images(dataset, 5, "val")
