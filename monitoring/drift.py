@@ -14,10 +14,12 @@ It writes, under ``reports_dir/drift/``:
   which `monitoring.reports.write_index` reads;
 
 both written to a temporary name and then renamed, and then refreshes ``reports_dir/index.html``.
-The share of drifted columns is Evidently's own (``DriftedColumnsCount``), not recomputed here.
+The report itself (row sampling, the columns compared, Evidently's run) is built by
+`monitoring.evidently_report`; the share of drifted columns is Evidently's own
+(``DriftedColumnsCount``), not recomputed.
 
 ``check_live_drift(reference, predictions, params, reports_dir, model_version)`` runs the same
-report on live traffic: the rows of the prediction log (`serving.prediction_log`, whose image
+report on live traffic: the rows of the prediction log (`monitoring.prediction_log`, whose image
 features are the same `FEATURES`; the categorical ``emotion`` is the predicted one, ``"none"``
 for an image without a face) against every image of ``reference`` (the champion's training
 revision). It writes ``reports_dir/live/live-<time of the newest prediction>-vs-<reference>``
@@ -29,17 +31,15 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import time
-import warnings
 from datetime import UTC, datetime
-from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ml.config import DriftParams
 from ml.records import DatasetRef, DriftResult
+from monitoring.evidently_report import CATEGORICAL, SEED, compare, json_default
 from monitoring.features import FEATURES
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,16 +47,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-SEED = 0
-"""Seed of the row sampling, so that a re-run of the same inputs gives the same report."""
-CATEGORICAL = ("emotion",)
 DRIFT_DIR = "drift"
 REPORT_KIND = "dataset-drift"
 LIVE_DIR = "live"
 LIVE_REPORT_KIND = "live-drift"
-
-_DRIFTED_COLUMNS_COUNT = "evidently:metric_v2:DriftedColumnsCount"
-_VALUE_DRIFT = "evidently:metric_v2:ValueDrift"
 
 
 class DriftError(ValueError):
@@ -100,7 +94,7 @@ def check_drift(
     if ref_df.empty:
         raise DriftError(f"{ref_where}: no decodable reference images to compare with")
 
-    compared = _compare(
+    compared = compare(
         cur_df,
         ref_df,
         params,
@@ -156,7 +150,7 @@ def check_live_drift(
     *,
     log_uri: str | None = None,
 ) -> DriftResult:
-    """Compare served traffic (prediction-log rows, `serving.prediction_log.read_predictions`)
+    """Compare served traffic (prediction-log rows, `monitoring.prediction_table.read_predictions`)
     with the images of ``reference``, the revision the champion ``model_version`` trained on.
 
     Every row given is compared (the caller picks the window, e.g. the newest
@@ -191,7 +185,7 @@ def check_live_drift(
         f" up to {last:%Y-%m-%d %H:%M:%S} UTC" if last else ""
     )
     ref_label = f"{reference.revision} (training data of {model})"
-    compared = _compare(
+    compared = compare(
         cur_df,
         ref_df,
         params,
@@ -248,29 +242,6 @@ def check_live_drift(
     return result
 
 
-def _compare(
-    cur_df: pandas.DataFrame, ref_df: pandas.DataFrame, params: DriftParams, *, title: str
-) -> dict[str, Any]:
-    """Sample both sides, drop unusable features, run the report; `_run_report`'s summary plus
-    ``cur_sampled``, ``ref_sampled`` and ``dropped``."""
-    cur_sample = _sample(cur_df, params.max_rows)
-    ref_sample = _sample(ref_df, params.max_rows)
-    numerical, dropped = _usable_numerical(cur_sample, ref_sample)
-    summary = _run_report(
-        cur_sample,
-        ref_sample,
-        numerical=numerical,
-        drift_share=params.share_threshold,
-        title=title,
-    )
-    return {
-        **summary,
-        "cur_sampled": len(cur_sample),
-        "ref_sampled": len(ref_sample),
-        "dropped": dropped,
-    }
-
-
 def _publish(
     result: DriftResult,
     compared: dict[str, Any],
@@ -298,7 +269,7 @@ def _publish(
         "result": result.model_dump(mode="json"),
     }
     atomic_write_text(
-        html_path.with_suffix(".json"), json.dumps(record, indent=2, default=_json_default) + "\n"
+        html_path.with_suffix(".json"), json.dumps(record, indent=2, default=json_default) + "\n"
     )
     write_index(reports_dir)
     return seconds
@@ -324,110 +295,3 @@ def _hide_password(uri: str) -> str:
         return sa.make_url(uri).render_as_string(hide_password=True)
     except (sa.exc.ArgumentError, ValueError):
         return uri
-
-
-def _sample(df: pandas.DataFrame, max_rows: int) -> pandas.DataFrame:
-    if len(df) > max_rows:
-        df = df.sample(n=max_rows, random_state=SEED)
-    return df[[*FEATURES, *CATEGORICAL]].reset_index(drop=True)
-
-
-def _usable_numerical(cur: pandas.DataFrame, ref: pandas.DataFrame) -> tuple[list[str], list[str]]:
-    """Features with at least one value on both sides (Evidently refuses an all-NaN column:
-    ``ValueError: An empty column 'face_cx' was provided``), and those left out."""
-    usable, dropped = [], []
-    for name in FEATURES:
-        if cur[name].notna().any() and ref[name].notna().any():
-            usable.append(name)
-        else:
-            dropped.append(name)
-    return usable, dropped
-
-
-def _run_report(
-    cur: pandas.DataFrame,
-    ref: pandas.DataFrame,
-    *,
-    numerical: list[str],
-    drift_share: float,
-    title: str,
-) -> dict[str, Any]:
-    """Run Evidently's DataDriftPreset; return its share, per-column verdicts and the HTML."""
-    import evidently
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.presets import DataDriftPreset
-
-    columns = [*numerical, *CATEGORICAL]
-    definition = DataDefinition(
-        numerical_columns=list(numerical), categorical_columns=list(CATEGORICAL)
-    )
-    report = Report([DataDriftPreset(columns=columns, drift_share=drift_share)], include_tests=True)
-    with warnings.catch_warnings():
-        # Constant columns make numpy warn (division by a zero std) inside Evidently.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        snapshot = report.run(
-            Dataset.from_pandas(cur[columns], data_definition=definition),
-            Dataset.from_pandas(ref[columns], data_definition=definition),
-        )
-        html = snapshot.get_html_str(as_iframe=False)
-    data = snapshot.dict()
-
-    share = count = None
-    per_column: dict[str, dict[str, Any]] = {}
-    by_id: dict[str, str] = {}
-    for metric in data.get("metrics", []):
-        config = metric.get("config", {})
-        if config.get("type") == _DRIFTED_COLUMNS_COUNT:
-            share = float(metric["value"]["share"])
-            count = int(metric["value"]["count"])
-        elif config.get("type") == _VALUE_DRIFT:
-            column = config["column"]
-            by_id[metric["id"]] = column
-            per_column[column] = {
-                "column": column,
-                "method": config.get("method"),
-                "threshold": config.get("threshold"),
-                "score": _float(metric.get("value")),
-                "drifted": None,
-            }
-    if share is None:
-        raise RuntimeError(
-            f"evidently {evidently.__version__}: no {_DRIFTED_COLUMNS_COUNT} result in the "
-            "report; the drift step expects evidently 0.7's DataDriftPreset"
-        )
-    for test in data.get("tests", []):
-        column = by_id.get(test.get("metric_config", {}).get("metric_id"))
-        if column is not None:
-            status = getattr(test.get("status"), "value", test.get("status"))
-            per_column[column]["drifted"] = status == "FAIL"
-    return {
-        "share": share,
-        "count": count,
-        "columns": [per_column[c] for c in columns if c in per_column],
-        "html": _titled(html, title),
-        "evidently": evidently.__version__,
-    }
-
-
-def _titled(html: str, title: str) -> str:
-    """Give Evidently's page a <title> and a one-line header naming what was compared."""
-    text = escape(title)
-    html = html.replace("</head>", f"<title>{text}</title>\n</head>", 1)
-    header = f'<h2 style="font-family:sans-serif;margin:16px 24px 0" id="emoflow-title">{text}</h2>'
-    return html.replace("<body>", f"<body>\n{header}", 1)
-
-
-def _float(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

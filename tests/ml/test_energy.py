@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ml.energy import (
+from ml.energy import EnergyMeter, EnergyReading
+from ml.energy_meters import (
     JOULES_PER_KWH,
     RAPL_ROOT,
-    EnergyMeter,
-    EnergyReading,
     cpu_seconds_between,
     integrate_power,
     rapl_delta_uj,
