@@ -6,6 +6,7 @@ WORKDIR /opt/emoflow
 COPY requirements.lock pyproject.toml README.md ./
 RUN pip install --no-cache-dir "uv==0.13.9" \
     && uv pip install --system --no-cache -r requirements.lock
+COPY emoflow emoflow
 COPY ml ml
 COPY monitoring monitoring
 COPY serving serving

@@ -37,7 +37,7 @@ import numpy as np
 from machine import cpu_model
 
 from ml.config import EMOTIONS, PROJECT_ROOT
-from serving.batching import BATCH_ROWS, Batcher
+from serving.batching import Batcher, batch_rows_histogram
 from serving.model import Detector
 
 RESULTS = PROJECT_ROOT / "bench" / "results" / "gpu_serving.json"
@@ -102,7 +102,9 @@ def no_batching(detector: Detector, images: list[np.ndarray], seconds: float) ->
 
 def batch_rows() -> tuple[float, float]:
     """Rows and model calls the Batcher has observed so far."""
-    values = {s.name: s.value for metric in BATCH_ROWS.collect() for s in metric.samples}
+    values = {
+        s.name: s.value for metric in batch_rows_histogram().collect() for s in metric.samples
+    }
     return values.get("emoflow_batch_rows_sum", 0.0), values.get("emoflow_batch_rows_count", 0.0)
 
 

@@ -2,7 +2,7 @@
 
 In one run, on this machine, with the same model and the same images, one after the other:
 
-  (a) service   the real BentoML service (`serving.service:EmotionService`, started as
+  (a) service   the real BentoML service (`emoflow.bento:EmotionService`, started as
                 `emoflow start service` starts it), POST /predict, multipart field `image`
   (b) baseline  bench/baseline_app.py: FastAPI + uvicorn (one worker), ultralytics
                 `model.predict(PIL image)` on the .pt weights per request, as a public course
@@ -418,7 +418,7 @@ def register(settings: Settings, model: Model) -> int:
     """The model logged in a run of the bench's MLflow, registered and made champion."""
     import mlflow
 
-    registry.client(settings)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)  # the fluent run below logs there
     mlflow.set_experiment("bench-serving")
     with mlflow.start_run() as run:
         mlflow.log_params({"imgsz": model.imgsz, "imgsz_used": model.imgsz})  # as ml.train does

@@ -82,7 +82,7 @@ def mlflow_server(settings: Settings) -> Server:
 
 def bento_service(settings: Settings) -> Server:
     command = [
-        str(BIN / "bentoml"), "serve", "serving.service:EmotionService",
+        str(BIN / "bentoml"), "serve", "emoflow.bento:EmotionService",
         "--working-dir", str(PROJECT_ROOT),
         "--host", settings.serve_host,
         "--port", str(settings.serve_port),

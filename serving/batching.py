@@ -12,6 +12,7 @@ latency at low load is that of a single call.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import queue
 import threading
@@ -24,10 +25,14 @@ from serving.model import Detector
 
 logger = logging.getLogger(__name__)
 
-BATCH_ROWS = Histogram(
-    "emoflow_batch_rows", "Model input rows (image views) per batched inference call.",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
-)  # fmt: skip
+
+@functools.cache
+def batch_rows_histogram() -> Histogram:
+    """Rows per batched model call in this process, made on the first call (not at import)."""
+    return Histogram(
+        "emoflow_batch_rows", "Model input rows (image views) per batched inference call.",
+        buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+    )  # fmt: skip
 
 
 @dataclass
@@ -43,6 +48,7 @@ class Batcher:
 
     def __init__(self, max_rows: int = 64) -> None:
         self.max_rows = max_rows
+        self.rows_per_call = batch_rows_histogram()
         self.jobs: queue.Queue[_Job | None] = queue.Queue()
         self.thread = threading.Thread(target=self._work, name="inference", daemon=True)
         self.thread.start()
@@ -86,7 +92,7 @@ class Batcher:
     def _run(self, detector: Detector, jobs: list[_Job]) -> None:
         try:
             output = detector.run(np.concatenate([job.rows for job in jobs]))
-            BATCH_ROWS.observe(len(output))
+            self.rows_per_call.observe(len(output))
         except Exception as exc:  # every waiting request gets the error, the thread goes on
             logger.exception("batched inference failed")
             for job in jobs:

@@ -1,9 +1,10 @@
 """The served model: load the champion's ONNX export and turn images into faces.
 
 Pre- and post-processing follow ultralytics' own predictor for YOLOv8 detection exports:
-letterbox (cv2 bilinear resize, centred padding of value 114), RGB, /255, NCHW float32; the
-output (1, 4 + nc, N) holds xywh boxes in input pixels and per-class scores; best class per
-box, confidence threshold, per-class NMS, boxes mapped back to the original image and clipped.
+letterbox (`ml.dataset_format.letterbox`: cv2 bilinear resize, centred padding of value 114),
+RGB, /255, NCHW float32 (`ml.dataset_format.to_tensor`); the output (1, 4 + nc, N) holds xywh
+boxes in input pixels and per-class scores; best class per box, confidence threshold, per-class
+NMS, boxes mapped back to the original image and clipped.
 
 Crops and frames. The model is trained on face crops at a small input size (96 px for
 AffectNet). A face crop is answered from one view of the whole image, exactly as ultralytics
@@ -28,32 +29,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ml import registry
 from ml.config import Settings
+from ml.dataset_format import Letterbox, letterbox, to_tensor
 from ml.records import ModelRef
 
 logger = logging.getLogger(__name__)
 
-PAD_VALUE = 114
 MAX_WH = 7680  # per-class box offset for class-aware NMS, as ultralytics does
 TILE_ABOVE = 2.0  # cut an image into windows when its longer side exceeds this x model input
 MIN_WINDOW = 1.5  # smallest window side, x model input
 MAX_VIEWS = 64  # whole image + windows; finer levels are left out beyond this
 CUT_MARGIN = 2.0  # px: a window box this close to an inner window edge is a cut face
 CONTAINED = 0.6  # a box this much inside a kept box (intersection / its area) is the same face
-
-
-@dataclass(frozen=True)
-class Letterbox:
-    """How an image was fitted into the model input: scale per axis, then padding (pixels)."""
-
-    gain_x: float
-    gain_y: float
-    pad_x: int
-    pad_y: int
 
 
 @dataclass(frozen=True)
@@ -64,22 +54,6 @@ class Face:
     scores: dict[str, float]  # every class name -> its score
 
 
-def letterbox(image: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
-    """Resize `image` (H, W, 3) into `shape` (h, w) keeping its aspect ratio; pad the rest."""
-    height, width = image.shape[:2]
-    ratio = min(shape[0] / height, shape[1] / width)
-    new_w, new_h = max(round(width * ratio), 1), max(round(height * ratio), 1)
-    if (new_w, new_h) != (width, height):
-        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    dw, dh = (shape[1] - new_w) / 2, (shape[0] - new_h) / 2
-    top, bottom = round(dh - 0.1), round(dh + 0.1)
-    left, right = round(dw - 0.1), round(dw + 0.1)
-    padded = cv2.copyMakeBorder(
-        image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3
-    )
-    return padded, Letterbox(new_w / width, new_h / height, left, top)
-
-
 def unletterbox(boxes: np.ndarray, fit: Letterbox, width: int, height: int) -> np.ndarray:
     """Map xyxy boxes from model-input pixels back to the original image, clipped to it."""
     out = boxes.astype(np.float32, copy=True)
@@ -88,11 +62,6 @@ def unletterbox(boxes: np.ndarray, fit: Letterbox, width: int, height: int) -> n
     out[:, [0, 2]] = out[:, [0, 2]].clip(0, width)
     out[:, [1, 3]] = out[:, [1, 3]].clip(0, height)
     return out
-
-
-def to_tensor(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (1, 3, H, W) float32 in [0, 1]."""
-    return np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
 
 
 def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:

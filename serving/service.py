@@ -1,8 +1,9 @@
-"""The BentoML service: `bentoml serve serving.service:EmotionService`.
+"""The BentoML service: `bentoml serve emoflow.bento:EmotionService` (made by `build_service`).
 
 Routes are FastAPI functions of the app the service mounts (`@bentoml.asgi_app`), so the
-service reads the upload itself: BentoML's own `PIL.Image` input answers 500 (or fetches a text
-part as a URL) before any of our code runs. Every bad input gets a 4xx JSON `{"error", "detail"}`.
+service reads the upload itself (serving/requests.py): BentoML's own `PIL.Image` input answers
+500 (or fetches a text part as a URL) before any of our code runs. Every bad input gets a 4xx
+JSON `{"error", "detail"}`.
 
     POST /predict        multipart file field `image` (PNG, JPEG, WEBP or BMP) -> faces, emotions
     POST /predict/batch  multipart file fields `images` (at most 32) -> one answer per image
@@ -13,11 +14,14 @@ part as a URL) before any of our code runs. Every bad input gets a 4xx JSON `{"e
     GET  /ui/            the web page: upload a photo or use the webcam, see faces and emotions
     GET  /metrics        Prometheus (served by BentoML; ours are the `emoflow_*` series)
 
-Every response of these routes carries the served version in the header `X-Model-Version`,
-and every JSON body in `model_version`. What is served follows the alias `champion`: a poll
-every `serve_poll_seconds` and POST /reload have every worker process load the new version
-beside the old one, then all switch at once (serving/switch.py); a request in flight finishes
-on the model it started with.
+Every response of these routes carries the served version in the header `X-Model-Version`
+(serving/middleware.py), and every JSON body in `model_version`. What is served follows the
+alias `champion`: a poll every `serve_poll_seconds` and POST /reload have every worker process
+load the new version beside the old one, then all switch at once (serving/champion.py,
+serving/switch.py); a request in flight finishes on the model it started with.
+
+Nothing here reads settings: `build_service(settings)` makes the BentoML service class, and
+emoflow/bento.py, the entry module, calls it with the settings of the environment.
 """
 
 from __future__ import annotations
@@ -26,11 +30,9 @@ import asyncio
 import contextlib
 import gc
 import hmac
-import io
-import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
 
@@ -38,62 +40,38 @@ import bentoml
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
-from PIL import Image, ImageOps
-from prometheus_client import Counter, Gauge, Histogram
-from starlette.datastructures import MutableHeaders, UploadFile
 from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ml import registry
 from ml.config import Settings
+from monitoring.prediction_log import PredictionLog
 from serving.batching import Batcher
-from serving.model import Face, Prepared, ServedModel, load_version
-from serving.prediction_log import PredictionLog
-from serving.switch import WATCH_SECONDS, Switchboard
+from serving.champion import ChampionFollower
+from serving.middleware import VERSION_HEADER, Observe
+from serving.model import Face, Prepared, ServedModel
+from serving.requests import (
+    ApiError,
+    decode_image,
+    decode_images,
+    error_response,
+    multipart_body,
+    read_files,
+)
 
-logger = logging.getLogger(__name__)
-
-IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
 STATIC_DIR = Path(__file__).parent / "static"
 IMAGE_FIELD, BATCH_FIELD = "image", "images"
 MAX_BATCH = 32
-VERSION_HEADER = "X-Model-Version"
+# BentoML writes an access-log line and opens a trace span for every request, which costs the
+# predict routes about 15 % of their throughput; unless asked for, they skip both (BentoML's
+# own request metrics, ours and the prediction log still count every request).
+PREDICT_ROUTES = ["/predict", "/predict/batch"]
+QUIET_PREDICT = {
+    "logging": {"access": {"skip_paths": ["/metrics", "/healthz", "/livez", "/readyz",
+                                          *PREDICT_ROUTES]}},
+    "tracing": {"excluded_urls": PREDICT_ROUTES},
+}  # fmt: skip
 
-# BentoML answers GET /metrics itself, before our app, from prometheus_client's multiprocess
-# files; metrics made with prometheus_client in the worker are written there and show up.
-REQUESTS = Counter(
-    "emoflow_requests", "Requests answered, by route and status.", ["method", "route", "status"]
-)
-LATENCY = Histogram(
-    "emoflow_request_duration_seconds", "Seconds from request to the end of the answer, by route.",
-    ["route"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)  # fmt: skip
-MODEL_VERSION = Gauge(
-    "emoflow_model_version", "Registry version of the served model (0: none).",
-    multiprocess_mode="livemostrecent",
-)  # fmt: skip
 
 app = FastAPI(title="emoflow emotion service")
-
-
-def multipart_body(field: str, max_items: int) -> dict:
-    """OpenAPI of a multipart upload of image files in `field` (the routes read it themselves)."""
-    binary = {"type": "string", "format": "binary"}
-    files = {"type": "array", "items": binary, "minItems": 1, "maxItems": max_items}
-    schema = {"type": "object", "required": [field], "properties": {field: files}}
-    return {
-        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
-    }
-
-
-class ApiError(Exception):
-    """A request the service cannot answer; becomes a JSON `{"error", "detail", ...}`."""
-
-    def __init__(self, status: int, error: str, detail: str, **extra: object) -> None:
-        super().__init__(f"{error}: {detail}")
-        self.status, self.error, self.detail, self.extra = status, error, detail, extra
 
 
 def current_version() -> int | None:
@@ -101,150 +79,21 @@ def current_version() -> int | None:
     return served.ref.version if served else None
 
 
-def error_response(
-    status: int, error: str, detail: str, headers: dict | None = None, **extra: object
-) -> JSONResponse:
-    body = {"error": error, "detail": detail, **extra, "model_version": current_version()}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
 @app.exception_handler(ApiError)
 async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-    return error_response(exc.status, exc.error, exc.detail, **exc.extra)
+    return error_response(exc.status, exc.error, exc.detail, current_version(), **exc.extra)
 
 
 @app.exception_handler(HTTPException)
 async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
     """FastAPI's own errors (a wrong method, say) in the same JSON shape."""
     error = HTTPStatus(exc.status_code).phrase.lower()
-    return error_response(exc.status_code, error, str(exc.detail), headers=exc.headers)
-
-
-class Observe:
-    """ASGI middleware: count and time every request by its route template, and stamp the
-    served version on every response. (Plain ASGI: Starlette's `BaseHTTPMiddleware` would run
-    each request through an extra task and memory stream.)"""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), 500
-
-        async def stamped(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                MutableHeaders(scope=message).setdefault(VERSION_HEADER, str(current_version()))
-            await send(message)
-
-        try:
-            await self.app(scope, receive, stamped)
-        finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            REQUESTS.labels(scope["method"], route, str(status)).inc()
-            LATENCY.labels(route).observe(time.perf_counter() - start)
-
-
-app.add_middleware(Observe)
-
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "upload too large", f"the request body exceeds {limit} bytes")
-
-
-async def _bounded(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
-    size = 0
-    async for chunk in stream:
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        yield chunk
-
-
-async def read_files(request: Request, field: str, max_files: int, limit: int) -> list[bytes]:
-    """The bytes of each multipart file in `field` (1 to `max_files`), at most `limit` in all."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.split(";")[0].strip().lower() != "multipart/form-data":
-        raise ApiError(
-            415, "unsupported media type",
-            f"expected multipart/form-data with a file field '{field}', "
-            f"got {content_type or 'no content type'}",
-        )  # fmt: skip
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    parser = MultiPartParser(
-        request.headers, _bounded(request.stream(), limit), max_files=max_files, max_fields=8
+    return error_response(
+        exc.status_code, error, str(exc.detail), current_version(), headers=exc.headers
     )
-    try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        raise ApiError(400, "bad multipart body", exc.message) from None
-    except ClientDisconnect:  # counted as nginx does, not as a failure of the service
-        detail = "the client left before its upload arrived"
-        raise ApiError(499, "client closed request", detail) from None
-    try:
-        uploads = form.getlist(field)
-        if not uploads:
-            fields = ", ".join(f"'{key}'" for key in form.keys()) or "none"
-            raise ApiError(
-                400, "missing field", f"expected a file field '{field}'; fields sent: {fields}"
-            )
-        if not all(isinstance(upload, UploadFile) for upload in uploads):
-            raise ApiError(
-                400, "not a file", f"field '{field}' must be a file upload, not a text value"
-            )
-        files = [await upload.read() for upload in uploads]
-    finally:
-        await form.close()
-    for index, data in enumerate(files):
-        if not data:
-            raise ApiError(
-                400, "empty file", f"file {index} in field '{field}' has no bytes", index=index
-            )
-    return files
 
 
-def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """Image bytes -> (H, W, 3) uint8 RGB, upright per its EXIF orientation."""
-    try:
-        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
-            if image.width * image.height > max_pixels:
-                raise ApiError(
-                    413, "image too large",
-                    f"{image.width}x{image.height} pixels; at most {max_pixels} are accepted",
-                )  # fmt: skip
-            image.load()
-            upright = ImageOps.exif_transpose(image)
-            if upright.mode.startswith("I"):  # 16-bit grey: Pillow's convert would clip to 255
-                upright = Image.fromarray((np.asarray(upright) >> 8).clip(0, 255).astype(np.uint8))
-            return np.asarray(upright.convert("RGB"))
-    except ApiError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise ApiError(413, "image too large", str(exc)) from None
-    except Image.UnidentifiedImageError:
-        raise ApiError(
-            400, "not an image", f"the upload is not a {', '.join(IMAGE_FORMATS)} image"
-        ) from None
-    except Exception as exc:  # anything Pillow raises while decoding untrusted bytes
-        raise ApiError(400, "unreadable image", f"{type(exc).__name__}: {exc}") from None
-
-
-def decode_images(files: list[bytes], max_pixels: int) -> list[np.ndarray]:
-    """Every image decoded, or the first bad one's error naming its index."""
-    images = []
-    for index, data in enumerate(files):
-        try:
-            images.append(decode_image(data, max_pixels))
-        except ApiError as exc:
-            raise ApiError(
-                exc.status, exc.error, f"image {index}: {exc.detail}", index=index
-            ) from None
-    return images
+app.add_middleware(Observe, version=current_version)
 
 
 def static_file(folder: Path, path: str, what: str) -> FileResponse:
@@ -268,63 +117,35 @@ def answer(served: ServedModel, image: np.ndarray, faces: list[Face]) -> dict:
     }
 
 
-# One worker process per core by default, each with single-threaded inference: HTTP, decoding
-# and post-processing are Python and share a process's one interpreter lock, so one process
-# cannot keep two cores busy. Every worker serves the same version (serving/switch.py).
-SETTINGS = Settings()
-WORKERS = SETTINGS.serve_workers or os.cpu_count() or 1
-SWAP_TIMEOUT = 120.0  # seconds the workers get to load a new version before a swap gives up
-# BentoML writes an access-log line and opens a trace span for every request, which costs the
-# predict routes about 15 % of their throughput; unless asked for, they skip both (BentoML's
-# own request metrics, ours and the prediction log still count every request).
-PREDICT_ROUTES = ["/predict", "/predict/batch"]
-QUIET_PREDICT = {
-    "logging": {"access": {"skip_paths": ["/metrics", "/healthz", "/livez", "/readyz",
-                                          *PREDICT_ROUTES]}},
-    "tracing": {"excluded_urls": PREDICT_ROUTES},
-}  # fmt: skip
+class EmotionWorker:
+    """The service in one of its worker processes: the champion it follows (serving/champion.py),
+    the batcher and the prediction log. `build_service` makes the BentoML service class of it;
+    BentoML makes one instance per worker process."""
 
-
-@bentoml.service(workers=WORKERS, **({} if SETTINGS.serve_request_log else QUIET_PREDICT))
-@bentoml.asgi_app(app, path="/")
-class EmotionService:
-    """Detects faces and their emotion with the model registered as `champion`."""
-
-    def __init__(self) -> None:
-        self.settings = SETTINGS
-        self.load_error: str | None = None
-        self.models: dict[int, ServedModel] = {}  # loaded in this worker, by version
-        self.last_served: ServedModel | None = None
-        self.switch = Switchboard(
-            self.settings.home / "run", self.settings.serve_port,
-            bentoml.server_context.worker_index or 1, WORKERS,
-        )  # fmt: skip
-        self.threads = max(1, (os.cpu_count() or 1) // WORKERS)  # inference threads per worker
-        self.reload_lock, self.load_lock = asyncio.Lock(), asyncio.Lock()
+    def __init__(self, settings: Settings, workers: int) -> None:
+        self.settings = settings
+        index = bentoml.server_context.worker_index or 1
+        self.champion = ChampionFollower(settings, workers, index)
         self.tasks: list[asyncio.Task] = []
         # Model calls on one thread, in batches of whatever requests wait together (adaptive
         # batching); decoding and letterboxing run beside it in worker threads.
         self.batcher = Batcher()
         # Features and answers of every prediction, written by its own thread off the request path.
-        self.prediction_log = PredictionLog(self.settings.prediction_log)
+        self.prediction_log = PredictionLog(settings.prediction_log)
 
     @property
     def served(self) -> ServedModel | None:
-        """The model of the version all workers serve now; until this worker has it (just
-        started), the one it served last."""
-        model = self.models.get(self.switch.serving)
-        if model is not None:
-            self.last_served = model
-        return self.last_served
+        """The model this worker answers with now (`ChampionFollower.served`)."""
+        return self.champion.served
 
     @bentoml.on_startup
     async def _start(self) -> None:
         self.prediction_log.start()
         with contextlib.suppress(Exception):  # the service stays up and says why in /ready
-            await self.follow_champion()
-        self.tasks.append(asyncio.create_task(self._watch()))
+            await self.champion.follow()
+        self.tasks.append(asyncio.create_task(self.champion.watch()))
         if self.settings.serve_poll_seconds > 0:
-            self.tasks.append(asyncio.create_task(self._poll()))
+            self.tasks.append(asyncio.create_task(self.champion.poll()))
         # What is loaded by now lives as long as the process: leave it out of the collector's
         # full passes, which would otherwise stall requests for tens of milliseconds.
         gc.freeze()
@@ -337,85 +158,11 @@ class EmotionService:
         # every record queued so far is written before the process exits
         await asyncio.to_thread(self.prediction_log.close)
 
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.serve_poll_seconds)
-            with contextlib.suppress(Exception):  # logged; the served model stays
-                await self.follow_champion()
-
-    async def _watch(self) -> None:
-        """Load the versions another worker wants or serves; forget the ones nobody needs."""
-        failed: set[int] = set()
-        while True:
-            await asyncio.sleep(WATCH_SECONDS)
-            needed = {self.switch.wanted, self.switch.serving} - {0}
-            for version in needed - set(self.models) - failed:
-                try:
-                    await self._load(version)
-                except Exception:
-                    logger.exception("could not load version %s that another worker wants", version)
-                    failed.add(version)
-            for version in set(self.models) - needed:
-                del self.models[version]  # a request still using it keeps it until it answers
-                self.switch.report_loaded(set(self.models))
-
-    async def _load(self, version: int) -> ServedModel:
-        """Version `version` loaded beside the others (download, inference session)."""
-        async with self.load_lock:
-            if version not in self.models:
-                ref = await asyncio.to_thread(registry.version_ref, self.settings, version)
-                self.models[version] = await asyncio.to_thread(
-                    load_version, self.settings, ref, self.threads
-                )
-                self.switch.report_loaded(set(self.models))
-            return self.models[version]
-
-    async def _swap(self, version: int) -> None:
-        """Make every worker serve `version`: all load it, then all switch (serving/switch.py)."""
-        self.switch.want(version)
-        await self._load(version)
-        deadline = time.monotonic() + SWAP_TIMEOUT
-        while missing := self.switch.missing(version):
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"worker(s) {missing} of {WORKERS} did not load version {version} within "
-                    f"{SWAP_TIMEOUT:g} s; every worker goes on serving what it served"
-                )
-            await asyncio.sleep(WATCH_SECONDS / 2)
-        if self.switch.wanted == version:  # else a newer champion came meanwhile: it goes next
-            self.switch.serve(version)
-
-    async def follow_champion(self) -> dict:
-        """Serve the version `champion` names if it is not the one served: every worker loads
-        it beside the current one, then all swap at once."""
-        async with self.reload_lock:
-            old = self.served
-            try:
-                ref = await asyncio.to_thread(
-                    registry.version_by_alias, self.settings, registry.CHAMPION
-                )
-                if ref is not None and (old is None or old.ref.version != ref.version):
-                    await self._swap(ref.version)
-                self.load_error = None
-            except Exception as exc:
-                logger.exception("could not load the champion model")
-                self.load_error = f"{type(exc).__name__}: {exc}"
-                raise
-            new = self.served
-            version = new.ref.version if new else None
-            MODEL_VERSION.set(version or 0)
-            return {
-                "reloaded": new is not old,
-                "previous_version": old.ref.version if old else None,
-                "model_version": version,
-                "workers": WORKERS,
-            }
-
     def _model(self) -> ServedModel:
         if self.served is not None:
             return self.served
-        if self.load_error:
-            raise ApiError(503, "model not loaded", self.load_error)
+        if self.champion.load_error:
+            raise ApiError(503, "model not loaded", self.champion.load_error)
         raise ApiError(
             503, "no model",
             f"no version of '{self.settings.model_name}' is registered as champion "
@@ -447,12 +194,33 @@ class EmotionService:
         return await asyncio.to_thread(finish)
 
 
+def build_service(settings: Settings) -> bentoml.Service[EmotionWorker]:
+    """The BentoML service `EmotionService` for `settings`: its worker processes (one per core
+    by default) and whether BentoML logs and traces every predict request are fixed here, when
+    the class is made."""
+    # One worker process per core by default, each with single-threaded inference: HTTP,
+    # decoding and post-processing are Python and share a process's one interpreter lock, so one
+    # process cannot keep two cores busy. Every worker serves the same version (serving/switch.py).
+    workers = settings.serve_workers or os.cpu_count() or 1
+    quiet = {} if settings.serve_request_log else QUIET_PREDICT
+
+    @bentoml.service(workers=workers, **quiet)
+    @bentoml.asgi_app(app, path="/")
+    class EmotionService(EmotionWorker):
+        """Detects faces and their emotion with the model registered as `champion`."""
+
+        def __init__(self) -> None:
+            super().__init__(settings, workers)
+
+    return EmotionService
+
+
 # The routes are module functions, not methods of the service: BentoML would give a method its
 # `self` through a synchronous FastAPI dependency, which costs every request a trip through a
 # worker thread. `served_by()` reads the same instance from BentoML's context instead.
 
 
-def served_by() -> EmotionService:
+def served_by() -> EmotionWorker:
     return bentoml.get_current_service()
 
 
@@ -463,7 +231,7 @@ async def health() -> dict:
     served = service.served
     return {
         "status": "ok", "model_version": served.ref.version if served else None,
-        "worker": service.switch.index,
+        "worker": service.champion.switch.index,
     }  # fmt: skip
 
 
@@ -488,13 +256,13 @@ async def reload(request: Request) -> JSONResponse:
     if not hmac.compare_digest(sent, f"Bearer {token}".encode()):
         return error_response(
             401, "unauthorized", "expected the header 'Authorization: Bearer <reload token>'",
-            headers={"WWW-Authenticate": "Bearer"},
+            current_version(), headers={"WWW-Authenticate": "Bearer"},
         )  # fmt: skip
     start = time.perf_counter()
     try:
-        result = await service.follow_champion()
+        result = await service.champion.follow()
     except Exception as exc:
-        raise ApiError(502, "reload failed", service.load_error or str(exc)) from None
+        raise ApiError(502, "reload failed", service.champion.load_error or str(exc)) from None
     return JSONResponse({**result, "seconds": round(time.perf_counter() - start, 3)})
 
 

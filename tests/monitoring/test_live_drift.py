@@ -1,9 +1,9 @@
 """Live traffic vs the champion's training data: `monitoring.drift.check_live_drift` and the
-step `emoflow.steps.monitor_live`.
+step `emoflow.steps.monitor`.
 
 The reference is a small drawn dataset (`ml.sample_data.generate`); the traffic is more faces
 drawn the same way (other seeds), recorded through the real `PredictionLog` into a SQLite file
-and read back with `read_predictions`, as the service and the DAG do. `monitor_live` finds
+and read back with `read_predictions`, as the service and the DAG do. `monitor` finds
 its champion in the real MLflow server (`mlflow_settings`) and pulls the champion's data
 revision from a real DVC data registry made here with `ml.data_registry.add_batch`.
 """
@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 
 from ml import data_registry
-from ml.config import EMOTIONS, DriftParams, Settings
+from ml.config import EMOTIONS, DriftParams, Params, Settings
 from ml.data_registry import Revision
 from ml.records import DatasetRef, DriftResult, ModelRef, TrainResult
 from ml.sample_data import IMAGE_SIZE, draw_face, generate
 from monitoring.features import FEATURES
-from serving.prediction_log import PredictionLog, read_predictions
+from monitoring.prediction_log import PredictionLog
+from monitoring.prediction_table import read_predictions
 
 LIVE_HEADING = "Live traffic vs training data"
 
@@ -163,27 +164,20 @@ def test_too_few_predictions_is_a_clear_error_and_writes_nothing(reference, tmp_
     assert "hunter2" not in str(error.value) and "db.example" in str(error.value)
 
 
-# ------------------------------------------------------------------- emoflow.steps.monitor_live
+# ------------------------------------------------------------------- emoflow.steps.monitor
 
 
-def live_settings(
-    home: Path, mlflow_settings: Settings, model_name: str, monkeypatch: pytest.MonkeyPatch
-) -> Settings:
-    """Point `Settings()`, which `monitor_live` reads, at `home`, the real MLflow server and the
-    model `model_name` (its own, so other tests' models stay out); min_live_rows 20, max_rows 30.
-    Returns those Settings, read back from the environment as `monitor_live` reads them."""
-    params = home.parent / "params.yaml"
-    params.write_text("drift:\n  min_live_rows: 20\n  max_rows: 30\n")
-    monkeypatch.setenv("EMOFLOW_HOME", str(home))
-    monkeypatch.setenv("EMOFLOW_MLFLOW_TRACKING_URI", mlflow_settings.mlflow_tracking_uri)
-    monkeypatch.setenv("EMOFLOW_MODEL_NAME", model_name)
-    monkeypatch.setenv("EMOFLOW_PARAMS_FILE", str(params))
-    monkeypatch.setenv("EMOFLOW_PREDICTION_LOG_URI", f"sqlite:///{home.parent / 'log.db'}")
-    for name in ("EMOFLOW_DATA_REPO", "EMOFLOW_DVC_REMOTE_URL"):
-        monkeypatch.delenv(name, raising=False)  # the data registry lives under `home`
-    settings = Settings()
-    assert settings.model_name == model_name and settings.home == home
-    return settings
+LIVE_PARAMS = Params.model_validate({"drift": {"min_live_rows": 20, "max_rows": 30}})
+
+
+def live_settings(home: Path, mlflow_settings: Settings, model_name: str) -> Settings:
+    """Settings for `home`, the real MLflow server and the model `model_name` (its own, so other
+    tests' models stay out), with the prediction log beside `home`."""
+    return mlflow_settings.model_copy(
+        update={"home": home, "model_name": model_name, "data_repo": None,
+                "dvc_remote_url": None,
+                "prediction_log_uri": f"sqlite:///{home.parent / 'log.db'}"}
+    )  # fmt: skip
 
 
 def register_trained_on(
@@ -195,7 +189,7 @@ def register_trained_on(
 
     from ml import registry
 
-    registry.client(settings)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)  # the fluent run below logs there
     mlflow.set_experiment("test-live-drift")
     folder.mkdir(parents=True)
     weights = folder / "best.pt"
@@ -213,7 +207,7 @@ def register_trained_on(
     return registry.register(train, dataset, {"source": "tests/test_live_drift.py"}, settings)
 
 
-def test_monitor_live_skips_without_enough_traffic_or_a_champion(
+def test_monitor_skips_without_enough_traffic_or_a_champion(
     free_port,
     tmp_path: Path,
     mlflow_settings: Settings,
@@ -223,36 +217,35 @@ def test_monitor_live_skips_without_enough_traffic_or_a_champion(
     from emoflow import steps
 
     # A model name with nothing registered under it: the real server has no champion for it.
-    settings = live_settings(tmp_path / "home", mlflow_settings, "live-drift-none", monkeypatch)
+    settings = live_settings(tmp_path / "home", mlflow_settings, "live-drift-none")
     # While traffic is too thin the registry must not be asked: until then the tracking URI
     # names a loopback port nothing listens on, and MLflow does not retry, so asking fails.
-    monkeypatch.setenv("EMOFLOW_MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    nowhere = settings.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{free_port()}"})
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    caplog.set_level(logging.INFO, logger="emoflow.pipeline")
-    assert steps.monitor_live() is None  # no log file at all yet
+    caplog.set_level(logging.INFO, logger="emoflow.steps")
+    assert steps.monitor(settings=nowhere, params=LIVE_PARAMS) is None  # no log file yet
     assert "0 predictions" in caplog.text and str(tmp_path / "log.db") in caplog.text
 
     uri = f"sqlite:///{tmp_path / 'log.db'}"
     log_traffic(uri, traffic(19, seed=10))
-    assert steps.monitor_live() is None
+    assert steps.monitor(settings=nowhere, params=LIVE_PARAMS) is None
     assert "19 predictions" in caplog.text and "20 needed" in caplog.text
     assert "no champion yet" not in caplog.text
 
     log_traffic(uri, traffic(1, seed=11))
-    monkeypatch.setenv("EMOFLOW_MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
-    assert steps.monitor_live() is None
+    assert steps.monitor(settings=settings, params=LIVE_PARAMS) is None
     assert "no champion yet" in caplog.text
     assert not (tmp_path / "home" / "reports").exists()
 
 
-def test_monitor_live_compares_the_newest_predictions_with_the_champions_data(
-    tiny_onnx, reference, tmp_path: Path, mlflow_settings: Settings, monkeypatch: pytest.MonkeyPatch
+def test_monitor_compares_the_newest_predictions_with_the_champions_data(
+    tiny_onnx, reference, tmp_path: Path, mlflow_settings: Settings
 ):
     from emoflow import steps
     from ml import registry
 
     home = tmp_path / "home"
-    settings = live_settings(home, mlflow_settings, "live-drift-champion", monkeypatch)
+    settings = live_settings(home, mlflow_settings, "live-drift-champion")
     # The real data registry: r1 holds the drawn reference dataset, r2 adds a few more faces.
     r1 = data_registry.add_batch(settings, reference.path, "drawn faces, seed 0")
     more = tmp_path / "more"
@@ -266,10 +259,10 @@ def test_monitor_live_compares_the_newest_predictions_with_the_champions_data(
     assert registry.promote(settings, champion.version, "test fixture").champion == 1
     tags = registry.client(settings).get_model_version(settings.model_name, "1").tags
     assert tags["data_revision"] == "r1"
-    assert not (home / "workspaces").exists()  # nothing pulled yet: monitor_live must pull r1
+    assert not (home / "workspaces").exists()  # nothing pulled yet: monitor must pull r1
     log_traffic(f"sqlite:///{tmp_path / 'log.db'}", traffic(40, seed=12))
 
-    result = steps.monitor_live()
+    result = steps.monitor(settings=settings, params=LIVE_PARAMS)
 
     assert isinstance(result, DriftResult) and not result.drifted
     assert result.reference == "r1 (training data of model v1)"

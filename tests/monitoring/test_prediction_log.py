@@ -1,4 +1,4 @@
-"""serving/prediction_log.py against real databases: SQLite files and the local Postgres.
+"""monitoring/prediction_log.py against real databases: SQLite files and the local Postgres.
 
 Postgres is always at 127.0.0.1:5432 (trust auth, user postgres, database `test`); each test
 that uses it gets a fresh database `emoflow_test_<random>` and drops it after. SQLite is made
@@ -23,17 +23,18 @@ from PIL import Image
 
 from ml.config import EMOTIONS
 from monitoring.features import FEATURES, image_features
-from serving.prediction_log import COLUMNS, DROPPED, PredictionLog, read_predictions
+from monitoring.prediction_log import PredictionLog, dropped_counter
+from monitoring.prediction_table import COLUMNS, read_predictions
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"
-LOGGER = "serving.prediction_log"
+LOGGER = "monitoring.prediction_log"
 
 
 # ---------------------------------------------------------------- predictions as the service makes them
 
 
 def make_prediction(rng: np.random.Generator, n_faces: int) -> tuple[np.ndarray, dict]:
-    """A random RGB image and an answer shaped like `serving.service.prediction`'s."""
+    """A random RGB image and an answer shaped like the service's (`serving.service.answer`)."""
     height, width = int(rng.integers(24, 72)), int(rng.integers(24, 96))
     image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     faces = []
@@ -108,7 +109,7 @@ def assert_logged(frame, cases: list[tuple[np.ndarray, dict, str]]) -> None:
 
 
 def dropped_total() -> float:
-    return DROPPED.collect()[0].samples[0].value
+    return dropped_counter().collect()[0].samples[0].value
 
 
 # ---------------------------------------------------------------- databases

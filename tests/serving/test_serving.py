@@ -17,50 +17,30 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from emoflow import services
 from emoflow.steps import request_reload
 from ml import registry, yolo
-from ml.config import EMOTIONS, Settings
-from ml.records import DatasetRef, ModelRef, TrainResult
-from serving.model import (
-    Detector,
-    Letterbox,
-    decode,
-    letterbox,
-    load_version,
-    nms,
-    unletterbox,
-)  # fmt: skip
-from serving.service import ApiError, decode_image
+from ml.config import EMOTIONS, PROJECT_ROOT, Settings
+from ml.dataset_format import Letterbox, letterbox
+from ml.records import ModelRef
+from serving.model import Detector, decode, load_version, nms, unletterbox
+from serving.requests import ApiError, decode_image
 
-IMGSZ = 96
 HAPPY = EMOTIONS.index("happy")
-TEST_MODEL = "emotion-detector-serving-test"  # own registry name: other modules share the server
 MAX_PIXELS = Settings.model_fields["max_pixels"].default
-UPLOAD_LIMIT = 1024 * 1024  # the test service's max_upload_bytes
-RELOAD_TOKEN = "test-reload-token"
-SERVICE_WORKERS = 2  # the hot-reload test needs more than one worker, whatever the core count
 
 
-def drawn_image(width: int = 160, height: int = 120, seed: int = 0) -> np.ndarray:
-    """An RGB image with a face-like ellipse on a noisy background."""
-    rng = np.random.default_rng(seed)
-    background = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
-    image = Image.fromarray(background)
-    draw = ImageDraw.Draw(image)
-    draw.ellipse([width * 0.3, height * 0.2, width * 0.7, height * 0.9], fill=(224, 172, 105))
-    draw.arc(
-        [width * 0.4, height * 0.55, width * 0.6, height * 0.75], 20, 160, fill=(0, 0, 0), width=3
-    )
-    return np.asarray(image)
+@pytest.fixture(scope="session")
+def png(drawn_image, png_bytes) -> bytes:
+    """The default drawn image as PNG (a face the fixture model finds)."""
+    return png_bytes(drawn_image())
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
+@pytest.fixture(scope="session")
+def tiny_png(drawn_image, png_bytes) -> bytes:
+    return png_bytes(drawn_image(16, 16))
 
 
 # ---------------------------------------------------------------- pre/post-processing (no model)
@@ -69,9 +49,9 @@ def png_bytes(image: np.ndarray) -> bytes:
 def test_letterbox_maps_content_and_boxes_back() -> None:
     image = np.zeros((100, 200, 3), np.uint8)
     image[10:60, 20:120] = 255  # a white box x1=20 y1=10 x2=120 y2=60
-    padded, fit = letterbox(image, (IMGSZ, IMGSZ))
+    padded, fit = letterbox(image, (96, 96))
 
-    assert padded.shape == (IMGSZ, IMGSZ, 3)
+    assert padded.shape == (96, 96, 3)
     assert fit == Letterbox(gain_x=0.48, gain_y=0.48, pad_x=0, pad_y=24)
     assert (padded[:24] == 114).all() and (padded[-24:] == 114).all()  # centred padding
     ys, xs = np.nonzero(padded[..., 0] > 200)
@@ -160,18 +140,19 @@ def test_decode_image_converts_to_rgb() -> None:
 @pytest.mark.parametrize(
     ("data", "status", "error"),
     [
-        (b"hello, I am text", 400, "not an image"),
-        (png_bytes(drawn_image())[:300], 400, "unreadable image"),
-        (b"GIF89a" + bytes(40), 400, "not an image"),  # a format the service does not take
+        pytest.param(lambda png: b"hello, I am text", 400, "not an image", id="text"),
+        pytest.param(lambda png: png[:300], 400, "unreadable image", id="cut"),
+        # a format the service does not take
+        pytest.param(lambda png: b"GIF89a" + bytes(40), 400, "not an image", id="gif"),
     ],
 )
-def test_decode_image_rejects_bad_bytes(data: bytes, status: int, error: str) -> None:
+def test_decode_image_rejects_bad_bytes(png: bytes, data, status: int, error: str) -> None:
     with pytest.raises(ApiError) as caught:
-        decode_image(data, MAX_PIXELS)
+        decode_image(data(png), MAX_PIXELS)
     assert (caught.value.status, caught.value.error) == (status, error)
 
 
-def test_decode_image_bounds_pixels() -> None:
+def test_decode_image_bounds_pixels(png_bytes) -> None:
     with pytest.raises(ApiError) as caught:
         decode_image(png_bytes(np.zeros((20, 20, 3), np.uint8)), max_pixels=399)
     assert caught.value.status == 413
@@ -180,37 +161,21 @@ def test_decode_image_bounds_pixels() -> None:
 # ---------------------------------------------------------------- a real model
 
 
-@pytest.fixture(scope="module")
-def yolo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("ultralytics")
-
-
-@pytest.fixture(scope="module")
-def weights(yolo_dir: Path, untrained_weights) -> Path:
-    """An untrained YOLOv8n whose class scores spread over (0, 1) (see `untrained_weights`)."""
-    images = np.stack([drawn_image(IMGSZ, IMGSZ, seed) for seed in range(8)])
-    return untrained_weights(images, yolo_dir / "fixture.pt", yolo_dir)
-
-
-@pytest.fixture(scope="module")
-def onnx_path(weights: Path, yolo_dir: Path) -> Path:
-    return yolo.export_onnx(weights, IMGSZ, yolo_dir)
-
-
 @pytest.mark.parametrize(
     ("width", "height", "conf"), [(160, 120, 0.25), (90, 130, 0.25), (160, 120, 0.9)]
 )
 def test_detector_matches_ultralytics(
-    weights: Path, onnx_path: Path, yolo_dir: Path, width: int, height: int, conf: float
-) -> None:
+    weights: Path, onnx_path: Path, yolo_dir: Path, imgsz: int, drawn_image, width: int,
+    height: int, conf: float,
+) -> None:  # fmt: skip
     detector = Detector(onnx_path)
-    assert detector.names == list(EMOTIONS) and detector.imgsz == (IMGSZ, IMGSZ)
+    assert detector.names == list(EMOTIONS) and detector.imgsz == (imgsz, imgsz)
     image = drawn_image(width, height, seed=100)
 
     ours = detector.predict(image, conf=conf, iou=0.7)
     model = yolo.load(yolo_dir).YOLO(str(weights))
     (result,) = model.predict(
-        image[..., ::-1], imgsz=IMGSZ, conf=conf, iou=0.7, rect=False, device="cpu", verbose=False
+        image[..., ::-1], imgsz=imgsz, conf=conf, iou=0.7, rect=False, device="cpu", verbose=False
     )  # ultralytics takes numpy images as BGR; rect=False: the full square, as the service does
     theirs = result.boxes
 
@@ -223,7 +188,7 @@ def test_detector_matches_ultralytics(
         assert face.scores[face.emotion] == face.confidence == max(face.scores.values())
 
 
-def test_torch_runtime_matches_onnx_runtime(weights: Path, onnx_path: Path) -> None:
+def test_torch_runtime_matches_onnx_runtime(weights: Path, onnx_path: Path, drawn_image) -> None:
     """The runtime the service uses on a GPU (torch on the .pt weights) gives the ONNX export's
     output. Run here on the CPU in full precision; on CUDA the same code runs in half."""
     onnx = Detector(onnx_path)
@@ -244,66 +209,6 @@ def test_torch_runtime_matches_onnx_runtime(weights: Path, onnx_path: Path) -> N
 # ---------------------------------------------------------------- the service over HTTP
 
 
-def _service_settings(base: Settings, home: Path, model_name: str, port: int, **values) -> Settings:
-    return base.model_copy(
-        update={"home": home, "serve_port": port, "model_name": model_name, **values}
-    )
-
-
-def register_fixture_model(settings: Settings, weights: Path, onnx_path: Path) -> ModelRef:
-    """The fixture model logged in a new run and registered: a new version, same weights."""
-    import mlflow
-
-    registry.client(settings)
-    mlflow.set_experiment("test-serving")
-    with mlflow.start_run() as run:
-        model_uri = registry.log_model_files(weights, onnx_path)
-    train = TrainResult(
-        run_id=run.info.run_id,
-        model_uri=model_uri,
-        weights=weights,
-        onnx=onnx_path,
-        metrics={},
-        device="cpu",
-        seconds=0.0,
-        imgsz=IMGSZ,
-    )
-    dataset = DatasetRef(
-        revision="test-fixture", commit="none", digest="none", path=weights.parent
-    )  # an untrained model: it saw no data
-    return registry.register(train, dataset, {"source": "tests/test_serving.py"}, settings)
-
-
-@pytest.fixture(scope="module")
-def champion_settings(
-    free_port,
-    mlflow_settings: Settings,
-    weights: Path,
-    onnx_path: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Settings:
-    """The fixture model registered and promoted to champion in the real MLflow server."""
-    settings = _service_settings(
-        mlflow_settings, tmp_path_factory.mktemp("serve-home"), TEST_MODEL, free_port(),
-        max_upload_bytes=UPLOAD_LIMIT, serve_reload_token=RELOAD_TOKEN, serve_poll_seconds=3,
-        serve_workers=SERVICE_WORKERS,
-    )  # fmt: skip
-    ref = register_fixture_model(settings, weights, onnx_path)
-    registry.promote(settings, ref.version, reason="test fixture")
-    return settings
-
-
-@pytest.fixture(scope="module")
-def service_url(champion_settings: Settings) -> Iterator[str]:
-    services.start(services.bento_service(champion_settings), champion_settings, timeout=180)
-    yield champion_settings.service_url
-    services.stop(champion_settings, "service")
-
-
-def champion_version(settings: Settings) -> int:
-    return registry.version_by_alias(settings, registry.CHAMPION).version
-
-
 _together: threading.Barrier | None = None  # in each worker process of the test below
 
 
@@ -318,10 +223,15 @@ def _load_together(settings: Settings, ref: ModelRef, times: int) -> list[list[s
     return [load_version(settings, ref, 1).detector.names for _ in range(times)]
 
 
-def test_workers_load_a_version_at_once(champion_settings: Settings) -> None:
+def test_workers_load_a_version_at_once(
+    champion_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """In a hot swap every worker process loads the new version at the same moment; each must
     get a whole model, not a file another one is still writing. (Five loads each, so that some
     overlap whatever the timing.)"""
+    # The spawned processes import this module by its name, tests.serving.test_serving: they
+    # take the parent's sys.path, which in pytest's importlib mode lacks the project root.
+    monkeypatch.syspath_prepend(str(PROJECT_ROOT))
     ref = registry.version_by_alias(champion_settings, registry.CHAMPION)
     spawn = multiprocessing.get_context("spawn")
     barrier = spawn.Barrier(4)
@@ -333,14 +243,15 @@ def test_workers_load_a_version_at_once(champion_settings: Settings) -> None:
     assert names == [list(EMOTIONS)] * 20
 
 
-def test_health_and_ready(service_url: str, champion_settings: Settings) -> None:
+def test_health_and_ready(service_url: str, champion_settings: Settings, champion_version) -> None:
     version = champion_version(champion_settings)
     health = httpx.get(f"{service_url}/health").json()
     assert health == {"status": "ok", "model_version": version, "worker": health["worker"]}
-    assert health["worker"] in range(1, SERVICE_WORKERS + 1)
+    assert health["worker"] in range(1, champion_settings.serve_workers + 1)
     ready = httpx.get(f"{service_url}/ready")
     assert ready.status_code == 200
-    assert ready.json() == {"model": TEST_MODEL, "version": version, "model_version": version}
+    name = champion_settings.model_name
+    assert ready.json() == {"model": name, "version": version, "model_version": version}
 
 
 @pytest.mark.parametrize(
@@ -355,8 +266,9 @@ def test_health_and_ready(service_url: str, champion_settings: Settings) -> None
     ],
 )
 def test_every_answer_names_the_model_version(
-    service_url: str, champion_settings: Settings, method: str, path: str, status: int
-) -> None:
+    service_url: str, champion_settings: Settings, champion_version, method: str, path: str,
+    status: int,
+) -> None:  # fmt: skip
     response = httpx.request(method, f"{service_url}{path}")
     version = champion_version(champion_settings)
     assert response.status_code == status, response.text
@@ -380,13 +292,13 @@ def scrape(url: str) -> dict[tuple[str, tuple], float]:
 
 
 def test_metrics_count_requests_by_route_and_status(
-    service_url: str, champion_settings: Settings
+    service_url: str, champion_settings: Settings, champion_version, png: bytes
 ) -> None:
     predict_ok = (("method", "POST"), ("route", "/predict"), ("status", "200"))
     predict_bad = (("method", "POST"), ("route", "/predict"), ("status", "400"))
     before = scrape(service_url)
     for _ in range(3):
-        httpx.post(f"{service_url}/predict", **_upload(PNG, "image/png"))
+        httpx.post(f"{service_url}/predict", **_upload(png, "image/png"))
     httpx.post(f"{service_url}/predict", **_upload(b"text", "text/plain"))
     after = scrape(service_url)
 
@@ -401,7 +313,9 @@ def test_metrics_count_requests_by_route_and_status(
     assert any(name.startswith("bentoml_") for name, _ in after)  # BentoML's own still there
 
 
-def test_predict_png(service_url: str, champion_settings: Settings, onnx_path: Path) -> None:
+def test_predict_png(
+    service_url: str, champion_settings: Settings, onnx_path: Path, drawn_image, png_bytes
+) -> None:
     image = drawn_image()
     response = httpx.post(
         f"{service_url}/predict", files={"image": ("face.png", png_bytes(image), "image/png")}
@@ -425,7 +339,7 @@ def test_predict_png(service_url: str, champion_settings: Settings, onnx_path: P
         assert list(face["scores"]) == list(EMOTIONS)
 
 
-def test_predict_jpeg_labelled_as_png(service_url: str) -> None:
+def test_predict_jpeg_labelled_as_png(service_url: str, drawn_image) -> None:
     buf = io.BytesIO()
     Image.fromarray(drawn_image()).save(buf, format="JPEG")
     response = httpx.post(
@@ -453,40 +367,52 @@ def _upload(data: bytes, content_type: str, field: str = "image") -> dict:
     return {"files": {field: ("upload", data, content_type)}}
 
 
-PNG = png_bytes(drawn_image())
-TINY_PNG = png_bytes(drawn_image(16, 16))
+# Each request built from the default PNG and the service's upload limit, which are fixtures.
 BAD_REQUESTS = [
-    pytest.param(_upload(b"some text", "text/plain"), 400, "not an image", id="text"),
-    pytest.param(_upload(PNG[:200], "image/png"), 400, "unreadable image", id="cut"),
-    pytest.param(_upload(b"", "image/png"), 400, "empty file", id="empty-file"),
-    pytest.param(_upload(PNG, "image/png", field="photo"), 400, "missing field", id="wrong-field"),
+    pytest.param(lambda png, limit: _upload(b"some text", "text/plain"), 400, "not an image",
+                 id="text"),
+    pytest.param(lambda png, limit: _upload(png[:200], "image/png"), 400, "unreadable image",
+                 id="cut"),
+    pytest.param(lambda png, limit: _upload(b"", "image/png"), 400, "empty file", id="empty-file"),
+    pytest.param(lambda png, limit: _upload(png, "image/png", field="photo"), 400,
+                 "missing field", id="wrong-field"),
     pytest.param(
-        {"data": {"image": "http://169.254.169.254/latest/"}, "files": {"x": ("x", b"x")}},
+        lambda png, limit: {
+            "data": {"image": "http://169.254.169.254/latest/"}, "files": {"x": ("x", b"x")}
+        },
         400, "not a file", id="text-value",
     ),
-    pytest.param({"content": b""}, 415, "unsupported media type", id="no-body"),
-    pytest.param({"json": {"image": "aGVsbG8="}}, 415, "unsupported media type", id="json"),
+    pytest.param(lambda png, limit: {"content": b""}, 415, "unsupported media type", id="no-body"),
+    pytest.param(lambda png, limit: {"json": {"image": "aGVsbG8="}}, 415,
+                 "unsupported media type", id="json"),
     pytest.param(
-        {"content": b"--x", "headers": {"content-type": "multipart/form-data"}},
+        lambda png, limit: {"content": b"--x", "headers": {"content-type": "multipart/form-data"}},
         400, "bad multipart body", id="no-boundary",
     ),
     pytest.param(
-        _upload(bytes(UPLOAD_LIMIT + 1), "image/png"),
+        lambda png, limit: _upload(bytes(limit + 1), "image/png"),
         413, "upload too large", id="too-large",
     ),
     pytest.param(
-        {"content": b"", "headers": {"content-type": "multipart/form-data; boundary=x"}},
+        lambda png, limit: {
+            "content": b"", "headers": {"content-type": "multipart/form-data; boundary=x"}
+        },
         400, "missing field", id="empty-multipart",
     ),
-    pytest.param(_upload(b"GIF89a" + bytes(40), "image/gif"), 400, "not an image", id="gif"),
+    pytest.param(lambda png, limit: _upload(b"GIF89a" + bytes(40), "image/gif"), 400,
+                 "not an image", id="gif"),
     pytest.param(
-        _upload(png_header(6000, 6000), "image/png"), 413, "image too large", id="over-max-pixels"
+        lambda png, limit: _upload(png_header(6000, 6000), "image/png"), 413, "image too large",
+        id="over-max-pixels",
     ),
     pytest.param(
-        _upload(png_header(100_000, 100_000), "image/png"), 413, "image too large", id="bomb"
+        lambda png, limit: _upload(png_header(100_000, 100_000), "image/png"), 413,
+        "image too large", id="bomb",
     ),
     pytest.param(
-        {"files": [("image", ("a.png", PNG, "image/png")), ("image", ("b.png", PNG, "image/png"))]},
+        lambda png, limit: {
+            "files": [("image", ("a.png", png, "image/png")), ("image", ("b.png", png, "image/png"))]
+        },
         400, "bad multipart body", id="two-files",
     ),
 ]  # fmt: skip
@@ -494,16 +420,19 @@ BAD_REQUESTS = [
 
 @pytest.mark.parametrize(("request_args", "status", "error"), BAD_REQUESTS)
 def test_predict_rejects_bad_input(
-    service_url: str, request_args: dict, status: int, error: str
-) -> None:
-    response = httpx.post(f"{service_url}/predict", **request_args)
+    service_url: str, champion_settings: Settings, png: bytes, request_args, status: int,
+    error: str,
+) -> None:  # fmt: skip
+    request = request_args(png, champion_settings.max_upload_bytes)
+    response = httpx.post(f"{service_url}/predict", **request)
     assert response.status_code == status, response.text
     assert response.json()["error"] == error
     assert response.json()["detail"]
     assert "Traceback" not in response.text
 
 
-def test_predict_bounds_a_chunked_upload(service_url: str) -> None:
+def test_predict_bounds_a_chunked_upload(service_url: str, champion_settings: Settings) -> None:
+    limit = champion_settings.max_upload_bytes
     boundary = "emoflow-test-boundary"
     head = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
@@ -512,7 +441,7 @@ def test_predict_bounds_a_chunked_upload(service_url: str) -> None:
 
     def body() -> Iterator[bytes]:  # no Content-Length: sent chunked
         yield head
-        for _ in range(UPLOAD_LIMIT // 65536 + 1):
+        for _ in range(limit // 65536 + 1):
             yield bytes(65536)
         yield f"\r\n--{boundary}--\r\n".encode()
 
@@ -525,43 +454,34 @@ def test_predict_bounds_a_chunked_upload(service_url: str) -> None:
     assert response.json()["error"] == "upload too large"
 
 
-def encoded(image: Image.Image, fmt: str, **options) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format=fmt, **options)
-    return buf.getvalue()
+IMAGE_CASES = ["grey", "rgba", "png-16-bit", "palette", "exif-rotated-jpeg"]
 
 
-def upright_exif_jpeg() -> tuple[bytes, np.ndarray]:
-    """A JPEG stored on its side with EXIF orientation 6, and the upright pixels it shows."""
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
-    data = encoded(Image.fromarray(np.rot90(drawn_image()).copy()), "JPEG", exif=exif, quality=95)
-    with Image.open(io.BytesIO(data)) as stored:  # the stored pixels, orientation ignored
-        return data, np.rot90(np.asarray(stored.convert("RGB")), k=-1)
-
-
-def image_cases() -> list:
-    """(upload bytes, the RGB pixels the service should see) for the modes and formats it takes."""
+def image_case(case: str, drawn_image, encoded, upright_exif_jpeg) -> tuple[bytes, np.ndarray]:
+    """(upload bytes, the RGB pixels the service should see) for a mode or format it takes."""
     rgb = drawn_image()
     grey = np.asarray(Image.fromarray(rgb).convert("L"))
     grey16 = grey.astype(np.uint16) * 256 + 100  # 16-bit: the low byte must not matter
     palette = Image.fromarray(rgb).quantize(64)
     rgba = np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])
-    return [
-        pytest.param(encoded(Image.fromarray(grey), "PNG"), np.dstack([grey] * 3), id="grey"),
-        pytest.param(encoded(Image.fromarray(rgba), "PNG"), rgb, id="rgba"),
-        pytest.param(
-            encoded(Image.fromarray(grey16), "PNG"), np.dstack([grey16 >> 8] * 3), id="png-16-bit"
+    cases = {
+        "grey": lambda: (encoded(Image.fromarray(grey), "PNG"), np.dstack([grey] * 3)),
+        "rgba": lambda: (encoded(Image.fromarray(rgba), "PNG"), rgb),
+        "png-16-bit": lambda: (
+            encoded(Image.fromarray(grey16), "PNG"),
+            np.dstack([grey16 >> 8] * 3),
         ),
-        pytest.param(encoded(palette, "PNG"), np.asarray(palette.convert("RGB")), id="palette"),
-        pytest.param(*upright_exif_jpeg(), id="exif-rotated-jpeg"),
-    ]
+        "palette": lambda: (encoded(palette, "PNG"), np.asarray(palette.convert("RGB"))),
+        "exif-rotated-jpeg": upright_exif_jpeg,
+    }
+    return cases[case]()
 
 
-@pytest.mark.parametrize(("data", "pixels"), image_cases())
+@pytest.mark.parametrize("case", IMAGE_CASES)
 def test_predict_takes_every_mode(
-    service_url: str, onnx_path: Path, data: bytes, pixels: np.ndarray
+    service_url: str, onnx_path: Path, drawn_image, encoded, upright_exif_jpeg, case: str
 ) -> None:
+    data, pixels = image_case(case, drawn_image, encoded, upright_exif_jpeg)
     response = httpx.post(f"{service_url}/predict", **_upload(data, "image/png"))
     assert response.status_code == 200, response.text
     body = response.json()
@@ -572,17 +492,19 @@ def test_predict_takes_every_mode(
         assert face["box"] == pytest.approx(want.box, abs=1e-3)
 
 
-def test_service_answers_after_bad_input(service_url: str) -> None:
+def test_service_answers_after_bad_input(service_url: str, png: bytes) -> None:
     """Runs after the bad-input tests above: the service is still up and serving."""
     assert httpx.get(f"{service_url}/health").status_code == 200
-    assert httpx.post(f"{service_url}/predict", **_upload(PNG, "image/png")).status_code == 200
+    assert httpx.post(f"{service_url}/predict", **_upload(png, "image/png")).status_code == 200
 
 
 def _batch(*files: bytes) -> dict:
     return {"files": [("images", (f"{i}.png", data, "image/png")) for i, data in enumerate(files)]}
 
 
-def test_predict_batch_answers_in_order(service_url: str, champion_settings: Settings) -> None:
+def test_predict_batch_answers_in_order(
+    service_url: str, champion_settings: Settings, champion_version, drawn_image, png_bytes
+) -> None:
     images = [drawn_image(160, 120, seed=1), drawn_image(90, 130, seed=2), drawn_image(64, 64)]
     response = httpx.post(f"{service_url}/predict/batch", **_batch(*map(png_bytes, images)))
 
@@ -599,24 +521,29 @@ def test_predict_batch_answers_in_order(service_url: str, champion_settings: Set
 @pytest.mark.parametrize(
     ("files", "status", "error", "index"),
     [
-        pytest.param((PNG, b"not an image", PNG), 400, "not an image", 1, id="text"),
-        pytest.param((PNG, PNG, PNG[:300]), 400, "unreadable image", 2, id="cut"),
-        pytest.param((png_header(10**5, 10**5),), 413, "image too large", 0, id="bomb"),
-        pytest.param((PNG, b""), 400, "empty file", 1, id="empty"),
-        pytest.param((TINY_PNG,) * 33, 400, "bad multipart body", None, id="too-many"),
+        pytest.param(lambda png, tiny: (png, b"not an image", png), 400, "not an image", 1,
+                     id="text"),
+        pytest.param(lambda png, tiny: (png, png, png[:300]), 400, "unreadable image", 2,
+                     id="cut"),
+        pytest.param(lambda png, tiny: (png_header(10**5, 10**5),), 413, "image too large", 0,
+                     id="bomb"),
+        pytest.param(lambda png, tiny: (png, b""), 400, "empty file", 1, id="empty"),
+        pytest.param(lambda png, tiny: (tiny,) * 33, 400, "bad multipart body", None,
+                     id="too-many"),
     ],
-)
+)  # fmt: skip
 def test_predict_batch_names_the_bad_image(
-    service_url: str, files: tuple, status: int, error: str, index: int | None
-) -> None:
-    response = httpx.post(f"{service_url}/predict/batch", **_batch(*files))
+    service_url: str, png: bytes, tiny_png: bytes, files, status: int, error: str,
+    index: int | None,
+) -> None:  # fmt: skip
+    response = httpx.post(f"{service_url}/predict/batch", **_batch(*files(png, tiny_png)))
     assert response.status_code == status, response.text
     assert response.json()["error"] == error
     assert response.json().get("index") == index
 
 
-def test_predict_batch_wants_the_images_field(service_url: str) -> None:
-    response = httpx.post(f"{service_url}/predict/batch", **_upload(PNG, "image/png"))
+def test_predict_batch_wants_the_images_field(service_url: str, png: bytes) -> None:
+    response = httpx.post(f"{service_url}/predict/batch", **_upload(png, "image/png"))
     assert response.status_code == 400
     assert "'images'" in response.json()["detail"]
 
@@ -660,20 +587,24 @@ def access_log_paths(settings: Settings, wait_for: str) -> list[str]:
     raise AssertionError(f"no access-log line for {wait_for} within 30 s")
 
 
-def test_access_log_leaves_out_predict(service_url: str, champion_settings: Settings) -> None:
+def test_access_log_leaves_out_predict(
+    service_url: str, champion_settings: Settings, png: bytes
+) -> None:
     """By default (serve_request_log off) BentoML logs no access line for the predict routes;
     test_service_without_champion checks that it does when asked."""
-    assert httpx.post(f"{service_url}/predict", **_upload(PNG, "image/png")).status_code == 200
+    assert httpx.post(f"{service_url}/predict", **_upload(png, "image/png")).status_code == 200
     assert httpx.get(f"{service_url}/docs").status_code == 200
     paths = access_log_paths(champion_settings, "/docs")
     assert not {"/predict", "/predict/batch"} & set(paths), paths
 
 
 @pytest.fixture()
-def no_champion(mlflow_settings: Settings, tmp_path: Path, free_port) -> Iterator[Settings]:
+def no_champion(
+    mlflow_settings: Settings, tmp_path: Path, free_port, service_settings
+) -> Iterator[Settings]:
     """The service over a registry in which its model name has no version, hence no champion;
     with BentoML's access log and tracing of every request (serve_request_log)."""
-    settings = _service_settings(
+    settings = service_settings(
         mlflow_settings,
         tmp_path,
         "emotion-detector-never-registered",
@@ -689,7 +620,7 @@ def no_champion(mlflow_settings: Settings, tmp_path: Path, free_port) -> Iterato
     services.stop(settings, "service")
 
 
-def test_service_without_champion(no_champion: Settings) -> None:
+def test_service_without_champion(no_champion: Settings, drawn_image, png_bytes) -> None:
     no_champion_url = no_champion.service_url
     assert httpx.get(f"{no_champion_url}/health").status_code == 200
     ready = httpx.get(f"{no_champion_url}/ready")
@@ -714,8 +645,9 @@ def test_service_without_champion(no_champion: Settings) -> None:
 
 
 def test_reload_swaps_the_model_under_load(
-    service_url: str, champion_settings: Settings, weights: Path, onnx_path: Path
-) -> None:
+    service_url: str, champion_settings: Settings, weights: Path, onnx_path: Path, png: bytes,
+    champion_version, register_fixture_model,
+) -> None:  # fmt: skip
     """Clients send /predict in a loop, each request on a new connection so that both workers
     answer, while a new version becomes champion and /reload runs: no request fails, and once
     any answer names the new version, every request sent after it gets the new version."""
@@ -727,7 +659,7 @@ def test_reload_swaps_the_model_under_load(
     def client() -> None:
         for _ in range(2000):  # bounded; stopped by `done` long before
             sent = time.monotonic()
-            response = httpx.post(f"{service_url}/predict", timeout=30, **_upload(PNG, "image/png"))
+            response = httpx.post(f"{service_url}/predict", timeout=30, **_upload(png, "image/png"))
             version = response.json().get("model_version")
             header = response.headers["X-Model-Version"]
             answers.append((sent, time.monotonic(), response.status_code, version, header))
@@ -756,7 +688,8 @@ def test_reload_swaps_the_model_under_load(
 
     assert reload.startswith("reload answered 200"), reload
     result = json.loads(reload.split(": ", 1)[1])
-    assert result["model_version"] == new and result["workers"] == SERVICE_WORKERS
+    assert result["model_version"] == new
+    assert result["workers"] == champion_settings.serve_workers
     print(f"{reload}; {len(answers)} requests during the test")
     assert [status for _, _, status, _, _ in answers] == [200] * len(answers)
     assert all(str(version) == header for _, _, _, version, header in answers)
@@ -765,7 +698,7 @@ def test_reload_swaps_the_model_under_load(
     assert any(version == old for _, _, _, version, _ in answers)
     # new connections reach every worker (so the answers above came from all of them)
     workers = {httpx.get(f"{service_url}/health").json()["worker"] for _ in range(40)}
-    assert workers == set(range(1, SERVICE_WORKERS + 1))
+    assert workers == set(range(1, champion_settings.serve_workers + 1))
 
 
 def test_poll_follows_the_champion(service_url: str, champion_settings: Settings) -> None:

@@ -8,12 +8,10 @@ import threading
 
 import numpy as np
 import pytest
-import test_serving
 
+from ml.dataset_format import Letterbox
 from serving.batching import Batcher
-from serving.model import MAX_VIEWS, Detector, Letterbox, View, _cut_by_window, merge_views, windows
-
-yolo_dir, weights, onnx_path = test_serving.yolo_dir, test_serving.weights, test_serving.onnx_path
+from serving.model import MAX_VIEWS, Detector, View, _cut_by_window, merge_views, windows
 
 
 def test_a_crop_is_one_view_of_the_whole_image() -> None:

@@ -13,18 +13,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import test_serving
 from PIL import Image
-from test_serving import champion_version, drawn_image, png_bytes, upright_exif_jpeg
 
 from ml.config import EMOTIONS, Settings
 
-# test_serving's module fixtures, bound here too: this module starts its own model and service.
-yolo_dir = test_serving.yolo_dir
-weights = test_serving.weights
-onnx_path = test_serving.onnx_path
-champion_settings = test_serving.champion_settings
-service_url = test_serving.service_url
+# The model and the service are module fixtures of tests/serving/conftest.py: this module
+# starts its own.
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -49,7 +43,7 @@ LABEL_W, LABEL_H = 160, 26  # at least the size of a label "surprise 0.87" (FONT
 
 
 @pytest.fixture(scope="module")
-def camera_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def camera_file(tmp_path_factory: pytest.TempPathFactory, drawn_image) -> Path:
     """One Y4M frame (the fake camera loops it): a drawn face on noise, 640x480."""
     image = Image.fromarray(drawn_image(640, 480, seed=0))
     y, cb, cr = image.convert("YCbCr").split()
@@ -199,15 +193,17 @@ def upload(page, name: str, data: bytes, mime: str = "image/png") -> str:
 
 
 @pytest.mark.parametrize(
-    ("name", "data"),
-    [
-        pytest.param("face.png", png_bytes(drawn_image(480, 360, seed=3)), id="png"),
-        pytest.param("sideways.jpg", upright_exif_jpeg()[0], id="exif-rotated-jpeg"),
-    ],
+    "name",
+    [pytest.param("face.png", id="png"), pytest.param("sideways.jpg", id="exif-rotated-jpeg")],
 )
 def test_photo_upload_lists_faces_and_draws_boxes(
-    open_page, service_url: str, champion_settings: Settings, tmp_path: Path, name: str, data: bytes
-) -> None:
+    open_page, service_url: str, champion_settings: Settings, tmp_path: Path, name: str,
+    champion_version, drawn_image, png_bytes, upright_exif_jpeg,
+) -> None:  # fmt: skip
+    if name == "face.png":
+        data = png_bytes(drawn_image(480, 360, seed=3))
+    else:  # stored on its side, upright by its EXIF orientation
+        data = upright_exif_jpeg()[0]
     direct = predict(service_url, data, name)
     assert direct.status_code == 200, direct.text
     answer = direct.json()
@@ -242,7 +238,9 @@ def test_photo_upload_lists_faces_and_draws_boxes(
     assert view.errors == []
 
 
-def test_error_shows_the_services_detail(open_page, service_url: str, tmp_path: Path) -> None:
+def test_error_shows_the_services_detail(
+    open_page, service_url: str, tmp_path: Path, drawn_image, png_bytes
+) -> None:
     data = b"this is a text file, whatever its name says"
     direct = predict(service_url, data, "notes.png")
     assert direct.status_code == 400
@@ -332,7 +330,9 @@ def test_links_to_the_api_docs_and_reports(open_page, service_url: str) -> None:
     assert "/predict" in httpx.get(f"{service_url}/docs.json").json()["paths"]
 
 
-def test_page_fits_a_phone(open_page, service_url: str, tmp_path: Path) -> None:
+def test_page_fits_a_phone(
+    open_page, service_url: str, tmp_path: Path, drawn_image, png_bytes
+) -> None:
     view = open_page(f"{service_url}/ui/", width=360, height=740)
     page = view.page
     assert upload(page, "face.png", png_bytes(drawn_image(640, 480))) == "done"

@@ -3,14 +3,16 @@
 Monitoring compares live traffic with the training data through the same numbers
 (`monitoring.features.image_features`), so every prediction is stored with them in the table
 ``predictions`` of the database named by ``EMOFLOW_PREDICTION_LOG_URI`` (SQLite by default,
-or Postgres; one SQLAlchemy Core code path serves both).
+or Postgres; one SQLAlchemy Core code path serves both; the schema and the reader are in
+`monitoring/prediction_table.py`). The service (serving/) writes it;
+the drift report (monitoring/drift.py, run by Airflow) reads it with `read_predictions`.
 
 Design:
 
 - `PredictionLog.record` runs on the request path, so it only appends ``(image, answer, route,
   UTC time)`` to a bounded in-memory queue and returns: no feature computation, no I/O, no
   waiting. When the queue is full (the database is slow or down for long) the record is
-  dropped and counted (`DROPPED`, a warning in the log at most once a minute) rather than
+  dropped and counted (`dropped_counter`, a warning in the log at most once a minute) rather than
   making clients wait or the process grow without limit. The bound is on records and on the
   bytes of the images they hold.
 - One writer thread computes the features and writes. It takes whatever is queued (up to
@@ -27,7 +29,7 @@ references, not copies.
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 import json
 import logging
 import math
@@ -44,15 +46,13 @@ import sqlalchemy as sa
 from prometheus_client import Counter
 
 from monitoring.features import FEATURES, image_features
+from monitoring.prediction_table import engine_for, metadata, predictions
 
 if TYPE_CHECKING:  # pragma: no cover
-    import pandas
+    pass
 
 logger = logging.getLogger(__name__)
 
-SETTING = "EMOFLOW_PREDICTION_LOG_URI"
-EXPECTED = "sqlite:///<path to a file> or postgresql://user[:password]@host[:port]/database"
-TABLE = "predictions"
 MAX_QUEUE = 10_000
 """Records waiting to be written, at most; more are dropped (and counted)."""
 MAX_QUEUE_BYTES = 1 << 30
@@ -65,78 +65,15 @@ requests costs far less CPU than one each (a busy service answers hundreds a sec
 DROP_WARNING_SECONDS = 60.0
 MAX_BACKOFF_SECONDS = 30.0
 
-DROPPED = Counter(
-    "emoflow_prediction_log_dropped",
-    "Predictions not written to the prediction log: queue full, log closed, or database down.",
-)
 
-_metadata = sa.MetaData()
-predictions = sa.Table(
-    TABLE, _metadata,
-    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
-    sa.Column("route", sa.String(64), nullable=False),
-    sa.Column("model_version", sa.Integer),
-    sa.Column("width", sa.Integer, nullable=False),
-    sa.Column("height", sa.Integer, nullable=False),
-    sa.Column("n_faces", sa.Integer, nullable=False),
-    sa.Column("emotion", sa.String(32)),
-    sa.Column("confidence", sa.Double),
-    *(sa.Column(name, sa.Double) for name in FEATURES),
-    sa.Column("scores", sa.Text),  # JSON: the best face's {emotion: score}; NULL without a face
-    sa.Column("faces", sa.Text, nullable=False),  # JSON: every face of the answer
-)  # fmt: skip
-"""The table, the same on SQLite and Postgres (double precision for every real number)."""
-
-COLUMNS: tuple[str, ...] = tuple(column.name for column in predictions.columns)
-
-
-def database_url(uri: str) -> sa.URL:
-    """`uri` parsed and checked; ``postgresql://`` takes the Postgres driver installed."""
-    try:
-        url = sa.make_url(uri)
-    except (sa.exc.ArgumentError, ValueError) as exc:
-        raise ValueError(
-            f"{SETTING}={uri!r} is not a database URI ({exc}); expected {EXPECTED}"
-        ) from None
-    backend, _, driver = url.drivername.partition("+")
-    if backend == "sqlite" and driver in ("", "pysqlite"):
-        if url.host or url.username or url.password or url.port:
-            raise ValueError(f"{SETTING}={uri!r}: a SQLite URI names no host; expected {EXPECTED}")
-        if not url.database or url.database == ":memory:":
-            raise ValueError(
-                f"{SETTING}={uri!r}: a SQLite prediction log needs a file path; expected {EXPECTED}"
-            )
-        return url
-    if backend == "postgresql" and driver in ("", "psycopg2", "psycopg"):
-        if not driver and importlib.util.find_spec("psycopg2") is None:
-            if importlib.util.find_spec("psycopg") is not None:
-                url = url.set(drivername="postgresql+psycopg")
-        return url
-    raise ValueError(
-        f"{SETTING}={uri!r}: unsupported database {url.drivername!r}; expected {EXPECTED}"
+@functools.cache
+def dropped_counter() -> Counter:
+    """Predictions not written, as a Prometheus counter of this process, made on the first call
+    (not at import: the Airflow worker imports this module only to read the log)."""
+    return Counter(
+        "emoflow_prediction_log_dropped",
+        "Predictions not written to the prediction log: queue full, log closed, or database down.",
     )
-
-
-def engine_for(uri: str) -> sa.Engine:
-    """An engine for the prediction log at `uri` (checked by `database_url`)."""
-    url = database_url(uri)
-    try:
-        engine = sa.create_engine(url, pool_pre_ping=True)
-    except (sa.exc.ArgumentError, ImportError) as exc:
-        raise ValueError(f"{SETTING}={uri!r}: {exc}; expected {EXPECTED}") from None
-    if engine.dialect.name == "sqlite":
-        # Write-ahead log, synced at checkpoints rather than at every commit: a commit per
-        # batch with the default rollback journal cost the service a tenth of its CPU under load
-        # (fsync); a crash can lose the last batches, never corrupt the file.
-        @sa.event.listens_for(engine, "connect")
-        def _fast_commits(connection, _record) -> None:
-            cursor = connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
-    return engine
 
 
 @dataclass(slots=True)
@@ -194,6 +131,7 @@ class PredictionLog:
         batch_size: int = BATCH_SIZE,
     ) -> None:
         self.uri = uri
+        self._dropped_total = dropped_counter()  # on /metrics (at 0) from the service's start
         self.batch_size = batch_size
         self.max_queue_bytes = max_queue_bytes
         self.dropped = 0
@@ -272,7 +210,7 @@ class PredictionLog:
     # ------------------------------------------------------------------ the writer thread
 
     def _drop(self, count: int, reason: str | None) -> None:
-        DROPPED.inc(count)
+        self._dropped_total.inc(count)
         with self._lock:
             self.dropped += count
             if reason is None:
@@ -328,7 +266,7 @@ class PredictionLog:
         assert self._engine is not None
         with self._engine.begin() as connection:
             if not self._table_ready:
-                _metadata.create_all(connection, checkfirst=True)
+                metadata.create_all(connection, checkfirst=True)
             connection.execute(predictions.insert(), rows)
         self._table_ready = True
 
@@ -364,35 +302,3 @@ class PredictionLog:
             with self._lock:
                 self._pending -= len(rows)
             rows, failures = [], 0
-
-
-def read_predictions(uri: str, limit: int | None = None) -> pandas.DataFrame:
-    """The prediction log at `uri` as a table of `COLUMNS`, oldest first; with `limit`, only the
-    newest `limit` rows. ``created_at`` is UTC, NULL features are NaN, ``scores`` and ``faces``
-    stay JSON text. A log with nothing written yet gives an empty table."""
-    import pandas as pd
-
-    engine = engine_for(uri)
-    try:
-        missing_file = engine.dialect.name == "sqlite" and not Path(engine.url.database).exists()
-        if missing_file or not sa.inspect(engine).has_table(TABLE):
-            rows: list = []
-        else:
-            query = sa.select(predictions).order_by(
-                predictions.c.created_at.desc(), predictions.c.id.desc()
-            )
-            if limit is not None:
-                query = query.limit(limit)
-            with engine.connect() as connection:
-                rows = list(connection.execute(query))[::-1]
-    finally:
-        engine.dispose()
-    frame = pd.DataFrame([tuple(row) for row in rows], columns=list(COLUMNS))
-    frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
-    reals = ("confidence", *FEATURES)
-    integers = ("id", "width", "height", "n_faces")
-    return frame.astype(
-        {name: "float64" for name in reals}
-        | {name: "int64" for name in integers}
-        | {"model_version": "Int64"}
-    )
