@@ -12,11 +12,12 @@ demo: setup
 test: setup
 	.venv/bin/pytest
 
+# every test but those that train a model for more than one epoch
 test-fast: setup
-	.venv/bin/pytest -m "not e2e"
+	.venv/bin/pytest -m "not slow"
 
 lint: setup
-	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/lint-imports
 
 bench: setup
 	.venv/bin/python bench/sample_map.py

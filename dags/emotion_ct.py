@@ -2,9 +2,10 @@
 ### emotion_ct — one continual-training cycle
 
 Pulls a named data revision from the DVC registry, validates it with Great Expectations (the run
-stops on bad data), trains YOLOv8 on it, registers the model in MLflow, evaluates challenger
+stops on bad data), trains YOLOv8 on it, registers the model in MLflow, gates challenger
 against champion on the same test split, writes an Evidently drift report, and moves the
-`champion` alias only when the gate passed.
+`champion` alias only when the gate passed. Each task runs the step of the same name in
+`emoflow/steps.py`.
 
 **Params** (Trigger DAG w/ config): `revision` (a tag such as `r3`, or `latest`), and optional
 `epochs` / `imgsz` to override `params.yaml` for this run only.
@@ -39,71 +40,53 @@ def emotion_ct():
 
     @task
     def pull(revision: str) -> dict:
-        from emoflow import steps
+        from emoflow.steps import call
 
-        return steps.pull(revision).model_dump(mode="json")
+        return call("pull", revision)
 
     @task(retries=0)
     def validate(dataset: dict) -> dict:
-        from emoflow import steps
-        from ml.records import DatasetRef
+        from emoflow.steps import call
 
-        return steps.validate(DatasetRef(**dataset)).model_dump(mode="json")
+        return call("validate", dataset)
 
     @task(queue="gpu", pool="gpu")
     def train(dataset: dict, validation: dict, overrides: dict) -> dict:
-        from emoflow import steps
-        from ml.records import DatasetRef
+        from emoflow.steps import call
 
-        return steps.train(DatasetRef(**dataset), overrides).model_dump(mode="json")
+        return call("train", dataset, overrides)
 
     @task
     def register(trained: dict, dataset: dict, overrides: dict) -> dict:
-        from emoflow import steps
-        from ml.records import DatasetRef, TrainResult
+        from emoflow.steps import call
 
-        ref = steps.register(TrainResult(**trained), DatasetRef(**dataset), overrides)
-        return ref.model_dump(mode="json")
+        return call("register", trained, dataset, overrides)
 
     @task
-    def evaluate(model: dict, trained: dict, dataset: dict, overrides: dict) -> dict:
-        from emoflow import steps
-        from ml.records import DatasetRef, ModelRef, TrainResult
+    def gate(model: dict, trained: dict, dataset: dict, overrides: dict) -> dict:
+        from emoflow.steps import call
 
-        gate = steps.evaluate(
-            ModelRef(**model), TrainResult(**trained), DatasetRef(**dataset), overrides
-        )
-        return gate.model_dump(mode="json")
+        return call("gate", model, trained, dataset, overrides)
 
     @task
     def drift(dataset: dict) -> dict:
-        from emoflow import steps
-        from ml.config import Settings, load_params
-        from ml.records import DatasetRef
-        from monitoring.drift import check_drift
+        from emoflow.steps import call
 
-        settings = Settings()
-        return check_drift(
-            DatasetRef(**dataset),
-            steps.champion_dataset(),
-            load_params(settings.params_file).drift,
-            settings.reports_dir,
-        ).model_dump(mode="json")
+        return call("drift", dataset)
 
     @task
-    def promote(model: dict, gate: dict, drift_result: dict) -> dict:
-        from emoflow import steps
-        from ml.records import GateResult, ModelRef
+    def promote(model: dict, verdict: dict, drift_report: dict) -> dict:
+        from emoflow.steps import call
 
-        return steps.promote(ModelRef(**model), GateResult(**gate)).model_dump(mode="json")
+        return call("promote", model, verdict)
 
     dataset = pull("{{ params.revision }}")
     trained = train(dataset, validate(dataset), overrides)
     model = register(trained, dataset, overrides)
-    gate = evaluate(model, trained, dataset, overrides)
-    drifted = drift(dataset)
-    gate >> drifted
-    promote(model, gate, drifted)
+    verdict = gate(model, trained, dataset, overrides)
+    drift_report = drift(dataset)
+    verdict >> drift_report
+    promote(model, verdict, drift_report)
 
 
 emotion_ct()

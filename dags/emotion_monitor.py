@@ -3,7 +3,8 @@
 
 Every hour, compares the newest predictions of the service's prediction log (image features and
 predicted emotion) with the data revision the `champion` model was trained on, and writes an
-Evidently report under `<home>/reports/live/`, listed on the reports index page.
+Evidently report under `<home>/reports/live/`, listed on the reports index page. The task
+runs the step `monitor` in `emoflow/steps.py`.
 
 Skips (succeeds with no report) while there is no champion or fewer than
 `drift.min_live_rows` predictions (`params.yaml`).
@@ -29,13 +30,12 @@ DEFAULT_ARGS = {"retries": 1, "retry_delay": pendulum.duration(seconds=30)}
 )
 def emotion_monitor():
     @task
-    def live_drift() -> dict | None:
-        from emoflow import steps
+    def monitor() -> dict | None:
+        from emoflow.steps import call
 
-        result = steps.monitor_live()
-        return result.model_dump(mode="json") if result is not None else None
+        return call("monitor")
 
-    live_drift()
+    monitor()
 
 
 emotion_monitor()

@@ -1,13 +1,24 @@
-"""The continual-training steps as Airflow tasks and the CLI call them.
+"""The steps: one function per Airflow task, named as the task is.
 
-Each function reads the settings and params itself, calls one step of the library and returns
-its record; the DAG file only wires these. `overrides` are the `train` values a manual run
-sets through the DAG's Params (None = keep params.yaml).
+    emotion_ct       pull -> validate -> train -> register -> gate -> drift -> promote
+    emotion_monitor  monitor
+
+A step takes the records of the steps before it, the `overrides` a manual run sets through the
+DAG's Params (`train` values; None keeps params.yaml), and `settings` and `params` (None: read
+from the environment and params.yaml, as Airflow tasks do; tests pass their own). It calls one
+part of the library and returns one record. Airflow tasks go through `call`, which turns the
+XCom dicts into records and the record back into a dict; the CLI and tests call the steps
+directly.
+
+Heavy libraries (ultralytics, MLflow, GX, Evidently) are imported inside the steps, so the
+DAG files stay cheap to parse.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
+import typing
 
 import httpx
 
@@ -20,110 +31,117 @@ from ml.records import (
     GateResult,
     ModelRef,
     PromoteResult,
+    Record,
     TrainResult,
     ValidationResult,
 )
 
-log = logging.getLogger("emoflow.pipeline")
+log = logging.getLogger("emoflow.steps")
 
 
-def _params(overrides: dict | None) -> Params:
-    return load_params(Settings().params_file, overrides={"train": overrides or {}})
+def _resolve(
+    settings: Settings | None, params: Params | None, overrides: dict | None = None
+) -> tuple[Settings, Params]:
+    """The settings and params a step runs with: the given ones, else the environment's and
+    params.yaml's, with a manual run's `train` overrides on top (None values keep the file's)."""
+    settings = settings or Settings()  # the environment and .env, as in an Airflow task
+    train = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if params is None:
+        return settings, load_params(settings.params_file, overrides={"train": train})
+    if not train:
+        return settings, params
+    merged = params.model_dump(by_alias=True)
+    merged["train"].update(train)
+    return settings, Params.model_validate(merged)
 
 
-def pull(revision: str = "latest") -> DatasetRef:
-    return data_registry.pull(Settings(), revision)
+# ---------------------------------------------------------------------------- emotion_ct
 
 
-def validate(dataset: DatasetRef) -> ValidationResult:
+def pull(revision: str = "latest", *, settings: Settings | None = None) -> DatasetRef:
+    """The data revision `revision` (a tag such as r3; "latest" only where a run starts)."""
+    return data_registry.pull(settings or Settings(), revision)
+
+
+def validate(
+    dataset: DatasetRef, *, settings: Settings | None = None, params: Params | None = None
+) -> ValidationResult:
     """Validate the revision (class mix against the one before it); raises `InvalidDataError`
     (the run stops) when it has errors."""
     from ml import validate as validation
 
-    settings = Settings()
+    settings, params = _resolve(settings, params)
     names = [revision.name for revision in data_registry.revisions(settings)]
     position = names.index(dataset.revision) if dataset.revision in names else 0
     previous = data_registry.pull(settings, names[position - 1]) if position > 0 else None
-    result = validation.validate(dataset, _params(None).validate_, settings.home / "gx", previous)
+    result = validation.validate(dataset, params.validate_, settings.home / "gx", previous)
     return validation.ensure_valid(result)
 
 
-def train(dataset: DatasetRef, overrides: dict | None = None) -> TrainResult:
+def train(
+    dataset: DatasetRef,
+    overrides: dict | None = None,
+    *,
+    settings: Settings | None = None,
+    params: Params | None = None,
+) -> TrainResult:
     from ml import train as training
 
-    settings, params = Settings(), _params(overrides)
+    settings, params = _resolve(settings, params, overrides)
     return training.train(params.train, dataset, settings.runs_dir, settings, lineage_tags(params))
 
 
-def register(trained: TrainResult, dataset: DatasetRef, overrides: dict | None = None) -> ModelRef:
-    return registry.register(trained, dataset, lineage_tags(_params(overrides)), Settings())
+def register(
+    trained: TrainResult,
+    dataset: DatasetRef,
+    overrides: dict | None = None,
+    *,
+    settings: Settings | None = None,
+    params: Params | None = None,
+) -> ModelRef:
+    settings, params = _resolve(settings, params, overrides)
+    return registry.register(trained, dataset, lineage_tags(params), settings)
 
 
-def evaluate(
-    model: ModelRef, trained: TrainResult, dataset: DatasetRef, overrides: dict | None = None
+def gate(
+    model: ModelRef,
+    trained: TrainResult,
+    dataset: DatasetRef,
+    overrides: dict | None = None,
+    *,
+    settings: Settings | None = None,
+    params: Params | None = None,
 ) -> GateResult:
-    from ml import evaluate as evaluation
+    """Challenger against champion on one test split: the new revision's, or the frozen
+    `gate.test_revision`."""
+    from ml import gate as gating
 
-    settings, params = Settings(), _params(overrides)
+    settings, params = _resolve(settings, params, overrides)
     frozen = params.gate.test_revision
     test_set = data_registry.pull(settings, frozen) if frozen else dataset
     out_dir = settings.runs_dir / "gate" / f"v{model.version}"
-    return evaluation.gate(
+    return gating.gate(
         model, trained.weights, test_set, trained.imgsz, params.gate, settings, out_dir,
         challenger_onnx=trained.onnx,
     )  # fmt: skip
 
 
-def champion_dataset(champion: ModelRef | None = None) -> DatasetRef | None:
-    """The data revision `champion` (default: the current champion) was trained on (the drift
-    reference), if there is a champion."""
-    settings = Settings()
-    champion = champion or registry.version_by_alias(settings, registry.CHAMPION)
-    if champion is None:
-        return None
-    tags = registry.client(settings).get_model_version(champion.name, str(champion.version)).tags
-    return data_registry.pull(settings, tags["data_revision"])
+def drift(
+    dataset: DatasetRef, *, settings: Settings | None = None, params: Params | None = None
+) -> DriftResult:
+    """Evidently report: the new revision against the data the champion was trained on."""
+    from monitoring.drift import check_drift
+
+    settings, params = _resolve(settings, params)
+    reference = champion_dataset(settings)
+    return check_drift(dataset, reference, params.drift, settings.reports_dir)
 
 
-def monitor_live() -> DriftResult | None:
-    """Drift of live traffic: the newest ``drift.max_rows`` predictions of the prediction log vs
-    the data the champion was trained on (`monitoring.drift.check_live_drift`).
-
-    Returns None, with a log line, while there is not enough traffic yet (fewer than
-    ``drift.min_live_rows`` predictions) or no champion: neither is a failure.
-    """
-    from monitoring.drift import check_live_drift
-    from serving.prediction_log import database_url, read_predictions
-
-    settings, params = Settings(), _params(None).drift
-    predictions = read_predictions(settings.prediction_log, limit=params.max_rows)
-    if len(predictions) < params.min_live_rows:
-        log.info(
-            "live drift: skipped, not enough traffic yet: %d predictions in %s, %d needed "
-            "(drift.min_live_rows)",
-            len(predictions),
-            database_url(settings.prediction_log).render_as_string(hide_password=True),
-            params.min_live_rows,
-        )
-        return None
-    champion = registry.version_by_alias(settings, registry.CHAMPION)
-    if champion is None:
-        log.info("live drift: skipped, no champion yet (no training data to compare with)")
-        return None
-    reference = champion_dataset(champion)
-    return check_live_drift(
-        reference,
-        predictions,
-        params,
-        settings.reports_dir,
-        champion.version,
-        log_uri=settings.prediction_log,
-    )
-
-
-def promote(model: ModelRef, gate: GateResult) -> PromoteResult:
+def promote(
+    model: ModelRef, gate: GateResult, *, settings: Settings | None = None
+) -> PromoteResult:
     """Move `champion` to the challenger only when the gate passed, then tell the service."""
-    settings = Settings()
+    settings = settings or Settings()
     if gate.passed:
         result = registry.promote(settings, model.version, reason="; ".join(gate.reasons))
         if result.promoted:
@@ -139,6 +157,60 @@ def promote(model: ModelRef, gate: GateResult) -> PromoteResult:
     )
 
 
+# ---------------------------------------------------------------------------- emotion_monitor
+
+
+def monitor(
+    *, settings: Settings | None = None, params: Params | None = None
+) -> DriftResult | None:
+    """Drift of live traffic: the newest ``drift.max_rows`` predictions of the prediction log vs
+    the data the champion was trained on (`monitoring.drift.check_live_drift`).
+
+    Returns None, with a log line, while there is not enough traffic yet (fewer than
+    ``drift.min_live_rows`` predictions) or no champion: neither is a failure.
+    """
+    from monitoring.drift import check_live_drift
+    from monitoring.prediction_table import database_url, read_predictions
+
+    settings, params = _resolve(settings, params)
+    drift_params = params.drift
+    predictions = read_predictions(settings.prediction_log, limit=drift_params.max_rows)
+    if len(predictions) < drift_params.min_live_rows:
+        log.info(
+            "live drift: skipped, not enough traffic yet: %d predictions in %s, %d needed "
+            "(drift.min_live_rows)",
+            len(predictions),
+            database_url(settings.prediction_log).render_as_string(hide_password=True),
+            drift_params.min_live_rows,
+        )
+        return None
+    champion = registry.version_by_alias(settings, registry.CHAMPION)
+    if champion is None:
+        log.info("live drift: skipped, no champion yet (no training data to compare with)")
+        return None
+    return check_live_drift(
+        champion_dataset(settings, champion),
+        predictions,
+        drift_params,
+        settings.reports_dir,
+        champion.version,
+        log_uri=settings.prediction_log,
+    )
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def champion_dataset(settings: Settings, champion: ModelRef | None = None) -> DatasetRef | None:
+    """The data revision `champion` (default: the current champion) was trained on (the drift
+    reference), if there is a champion."""
+    champion = champion or registry.version_by_alias(settings, registry.CHAMPION)
+    if champion is None:
+        return None
+    tags = registry.client(settings).get_model_version(champion.name, str(champion.version)).tags
+    return data_registry.pull(settings, tags["data_revision"])
+
+
 def request_reload(settings: Settings) -> str:
     """Ask a running service to load the new champion now; it also finds it by polling."""
     if not settings.serve_reload_token:
@@ -151,3 +223,23 @@ def request_reload(settings: Settings) -> str:
     except httpx.HTTPError as exc:
         return f"not reachable at {settings.service_url} ({type(exc).__name__}); it loads on start"
     return f"reload answered {response.status_code}: {response.text[:200]}"
+
+
+STEPS = {
+    step.__name__: step for step in (pull, validate, train, register, gate, drift, promote, monitor)
+}
+"""Every step by its task name."""
+
+
+def call(name: str, *args: object) -> dict | None:
+    """Run step `name` as an Airflow task does: each argument that the step types as a record
+    arrives as its JSON dict (XCom) and becomes that record; the result goes back as JSON."""
+    step = STEPS[name]
+    hints = typing.get_type_hints(step)
+    records = []
+    for parameter, value in zip(inspect.signature(step).parameters.values(), args, strict=False):
+        kind = hints.get(parameter.name)
+        is_record = isinstance(kind, type) and issubclass(kind, Record)
+        records.append(kind.model_validate(value) if is_record and value is not None else value)
+    result = step(*records)
+    return result.model_dump(mode="json") if result is not None else None

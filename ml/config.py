@@ -154,7 +154,7 @@ RGB, YCbCr = 3; RGBA, CMYK = 4)."""
 
 
 class ValidateParams(_Section):
-    """Thresholds of the data checks in ml/validate.py (errors stop the run, warnings do not)."""
+    """Thresholds of the data checks in ml/validate/rules.py (errors stop the run, warnings do not)."""
 
     min_image_size: int = Field(
         32, ge=1, description="Smallest accepted image width and height (px); smaller: error."
@@ -234,7 +234,7 @@ class TrainParams(_Section):
 
 
 class GateParams(_Section):
-    """Rules of the evaluation gate (ml/evaluate.py). A model is promoted only if all pass."""
+    """Rules of the evaluation gate (ml/gate.py). A model is promoted only if all pass."""
 
     test_revision: str | None = Field(
         None,
@@ -313,9 +313,9 @@ class ConfigError(ValueError):
     """A settings or params file is wrong; the message names the file and the field."""
 
 
-def load_params(path: Path | None = None, overrides: dict | None = None) -> Params:
+def load_params(path: Path, overrides: dict | None = None) -> Params:
     """Read params.yaml; ``overrides`` is ``{"train": {"epochs": 1}, ...}`` from DAG Params."""
-    path = Path(path or Settings().params_file)
+    path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError as exc:

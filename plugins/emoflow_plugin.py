@@ -1,7 +1,8 @@
 """Airflow plugin: the emoflow UIs one click away from Airflow's navigation bar.
 
 Links point at the MLflow UI, the Bento service's API docs and the drift report pages (served
-by the Bento service under /reports/). Addresses come from emoflow's settings.
+by the Bento service under /reports/). Addresses come from emoflow's settings, read when
+Airflow loads the plugin (`on_load`), not when the file is imported.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from airflow.plugins_manager import AirflowPlugin
 from ml.config import Settings
 
 
-def _views() -> list[dict]:
-    settings = Settings()
+def nav_links(settings: Settings) -> list[dict]:
     return [
         {"name": "MLflow: models and runs", "href": settings.mlflow_tracking_uri,
          "category": "emoflow", "destination": "nav"},
@@ -25,4 +25,7 @@ def _views() -> list[dict]:
 
 class EmoflowPlugin(AirflowPlugin):
     name = "emoflow"
-    external_views = _views()
+    external_views: list[dict] = []
+
+    def on_load(self, *args, **kwargs) -> None:
+        self.external_views = nav_links(Settings())

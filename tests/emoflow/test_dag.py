@@ -56,10 +56,10 @@ def test_emotion_ct_parses_wires_the_steps_in_order_and_imports_nothing_heavy(pa
     assert parsed["errors"] == {}
     assert parsed["dag_ids"] == ["emotion_ct", "emotion_monitor"]
     assert parsed["order"] == [
-        "pull", "validate", "train", "register", "evaluate", "drift", "promote",
+        "pull", "validate", "train", "register", "gate", "drift", "promote",
     ]  # fmt: skip
     assert parsed["upstream"]["train"] == ["pull", "validate"]
-    assert parsed["upstream"]["promote"] == ["drift", "evaluate", "register"]
+    assert parsed["upstream"]["promote"] == ["drift", "gate", "register"]
     assert parsed["train"] == {"queue": "gpu", "pool": "gpu"}
     assert parsed["params"] == ["epochs", "imgsz", "revision"]
     assert parsed["catchup"] is False and "emoflow" in parsed["tags"] and parsed["doc"]
@@ -70,7 +70,7 @@ def test_emotion_monitor_parses_hourly_with_its_one_task(parsed):
     assert parsed["errors"] == {}
     monitor = parsed["monitor"]
     assert monitor is not None, parsed["dag_ids"]
-    assert monitor["tasks"] == ["live_drift"]
+    assert monitor["tasks"] == ["monitor"]
     assert monitor["schedule"] == "@hourly"
     assert monitor["timetable"] == "CronTriggerTimetable"  # runs at each hour, no catch-up
     assert monitor["catchup"] is False and monitor["max_active_runs"] == 1

@@ -1,5 +1,5 @@
-"""Each accepted layout, from the user's folder through `data add-batch` to the pipeline's pull
-and validate steps (real DVC registry, real Great Expectations checkpoint)."""
+"""Each accepted layout, from the user's folder through `data add-batch` to the pull and
+validate steps (real DVC registry, real Great Expectations checkpoint)."""
 
 from __future__ import annotations
 
@@ -73,19 +73,17 @@ def class_folders(root: Path) -> Path:
         (class_folders, {"anger": 2, "surprise": 2, "neutral": 2, "happy": 2}),
     ],
 )
-def test_layout_goes_through_the_pipelines_pull_and_validate(
-    make_settings, build, expected: dict[str, int], tmp_path: Path, monkeypatch
+def test_layout_goes_through_the_pull_and_validate_steps(
+    make_settings, build, expected: dict[str, int], tmp_path: Path
 ):
     settings = make_settings(tmp_path / "home")
-    for field, value in settings.model_dump(exclude_none=True).items():
-        monkeypatch.setenv(f"EMOFLOW_{field.upper()}", str(value))
     revision = data_registry.add_batch(settings, build(tmp_path / "src"), build.__name__)
     for emotion, count in expected.items():
         assert revision.counts["train"]["classes"][emotion] == count, emotion
 
-    dataset = steps.pull(revision.name)
+    dataset = steps.pull(revision.name, settings=settings)
     assert dataset.digest == revision.digest
     assert sorted(p.name for p in dataset.path.iterdir()) == ["data.yaml", "test", "train", "valid"]
-    result = steps.validate(dataset)
+    result = steps.validate(dataset, settings=settings)
     assert result.ok, result.errors
     assert result.counts["images"] == 3 * PER_SPLIT

@@ -25,7 +25,7 @@ def logged_run(tiny_onnx):
 def _logged_run(settings, tmp_path: Path, name: str, tiny_onnx) -> TrainResult:
     import mlflow
 
-    registry.client(settings)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)  # the fluent run below logs there
     mlflow.set_experiment("registry-test")
     weights = tmp_path / f"{name}.pt"
     weights.write_bytes(b"weights " + name.encode())
@@ -77,20 +77,15 @@ def test_promote_then_rollback_restores_the_previous_champion(settings, tmp_path
     assert registry.download_weights(settings, v2, tmp_path / "w").read_bytes() == b"weights b"
 
 
-def test_a_refused_gate_leaves_the_champion_where_it_was(
-    settings, tmp_path, monkeypatch, logged_run
-):
+def test_a_refused_gate_leaves_the_champion_where_it_was(settings, tmp_path, logged_run):
     lineage = {"git_commit": "abc", "params_digest": "p"}
     v1 = registry.register(logged_run(settings, tmp_path, "a"), DATASET, lineage, settings)
     v2 = registry.register(logged_run(settings, tmp_path, "b"), DATASET, lineage, settings)
     registry.promote(settings, v1.version, "first")
-    for key, value in services.settings_env(settings).items():
-        if key.startswith("EMOFLOW_"):
-            monkeypatch.setenv(key, value)
     worse = EvalResult(version=2, map50=0.1, map50_95=0.05, per_class_recall={})
     refused = GateResult(passed=False, reasons=["FAIL: mAP50 0.100 >= floor 0.250"],
                          challenger=worse, champion=None, report_path=tmp_path / "r.json")  # fmt: skip
-    result = steps.promote(v2, refused)
+    result = steps.promote(v2, refused, settings=settings)
     assert not result.promoted and result.champion == 1
     assert "FAIL: mAP50" in result.reason
     assert registry.version_by_alias(settings, registry.CHAMPION).version == 1

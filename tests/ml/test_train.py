@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ml.config import TrainParams, load_params
+from ml.config import PROJECT_ROOT, TrainParams, load_params
 from ml.train import TrainingError, base_model, data_imgsz
 
 
@@ -38,7 +38,7 @@ def test_image_size_needs_train_images(tmp_path: Path) -> None:
 
 
 def test_default_params_size_the_input_from_the_data() -> None:
-    assert load_params().train.imgsz == "auto"
+    assert load_params(PROJECT_ROOT / "params.yaml").train.imgsz == "auto"
     assert TrainParams(imgsz=640).imgsz == 640
     for bad in ("large", 16):
         with pytest.raises(ValueError):
