@@ -1,7 +1,10 @@
 """
 ### emotion_ct — one continual-training cycle
 
-Pulls a named data revision from the DVC registry, validates it with Great Expectations (the run
+Runs when a new data revision is recorded (an event of the asset `emoflow-dataset`) and on the
+time fallback of `params.yaml` (`schedule.fallback_cron`). Pulls the run's data revision (its
+conf's, else the newest among the events that triggered it, else the newest recorded when the
+run was created) from the DVC registry, validates it with Great Expectations (the run
 stops on bad data), trains YOLOv8 on it, registers the model in MLflow, gates challenger
 against champion on the same test split, writes an Evidently drift report, and moves the
 `champion` alias only when the gate passed. Each task runs the step of the same name in
@@ -16,21 +19,26 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, dag, task
 
+from emoflow.revisions import dataset_schedule
+
 DEFAULT_ARGS = {"retries": 1, "retry_delay": pendulum.duration(seconds=30)}
 
 
 @dag(
     dag_id="emotion_ct",
     doc_md=__doc__,
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    schedule=dataset_schedule(),  # no start_date: the time fallback waits for its next time
     catchup=False,
     max_active_runs=1,
     tags=["emoflow", "training"],
     default_args=DEFAULT_ARGS,
     render_template_as_native_obj=True,
     params={
-        "revision": Param("latest", type="string", description="Data revision tag or 'latest'."),
+        "revision": Param(
+            "latest",
+            type="string",
+            description="Data revision tag; 'latest' = the newest when the run was created.",
+        ),  # fmt: skip
         "epochs": Param(None, type=["null", "integer"], minimum=1, description="Override epochs."),
         "imgsz": Param(None, type=["null", "integer"], minimum=32, description="Override imgsz."),
     },
@@ -39,10 +47,11 @@ def emotion_ct():
     overrides = {"epochs": "{{ params.epochs }}", "imgsz": "{{ params.imgsz }}"}
 
     @task
-    def pull(revision: str) -> dict:
+    def pull(**context) -> dict:
+        from emoflow.revisions import run_revision
         from emoflow.steps import call
 
-        return call("pull", revision)
+        return call("pull", run_revision(context))
 
     @task(retries=0)
     def validate(dataset: dict) -> dict:
@@ -80,7 +89,7 @@ def emotion_ct():
 
         return call("promote", model, verdict)
 
-    dataset = pull("{{ params.revision }}")
+    dataset = pull()
     trained = train(dataset, validate(dataset), overrides)
     model = register(trained, dataset, overrides)
     verdict = gate(model, trained, dataset, overrides)

@@ -9,17 +9,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
-from emoflow import services
+from emoflow import revisions, runs, services
+from emoflow.airflow_api import AirflowApiError
+from emoflow.runs import DAG_ID
 from ml import data_registry
 from ml.config import ConfigError, Settings, load_params
-
-DAG_ID = "emotion_ct"
 
 
 def _print_record(record) -> None:
@@ -69,6 +68,10 @@ def cmd_data(args: argparse.Namespace, settings: Settings) -> None:
             )
         revision = data_registry.add_batch(settings, source, note)
         print(f"{revision.name}  {revision.digest}  {revision.message}")
+        if args.no_trigger:
+            print(f"not announced to Airflow (--no-trigger): the next {DAG_ID} run reads it")
+        else:
+            print(revisions.announce(settings, revision))
     elif args.data_command == "log":
         for rev in reversed(data_registry.revisions(settings)):
             splits = "  ".join(f"{split} {c['images']}" for split, c in rev.counts.items())
@@ -85,86 +88,49 @@ def _servers(settings: Settings) -> dict[str, services.Server]:
     return {"mlflow": services.mlflow_server(settings), "service": services.bento_service(settings)}
 
 
+def start_airflow(settings: Settings, timeout: float) -> None:
+    """Airflow's parts, then the event for a revision recorded while Airflow was down."""
+    services.start_airflow(settings, timeout=timeout)
+    if (missed := revisions.announce_unannounced(settings)) is not None:
+        print(f"announced {missed.name}, recorded while Airflow was down: emotion_ct will run")
+
+
 def cmd_start(args: argparse.Namespace, settings: Settings) -> None:
+    if args.server == "airflow":
+        start_airflow(settings, args.timeout)
+        print(f"airflow running at {settings.airflow_url} (user {settings.airflow_user}, "
+              f"password in {settings.airflow_passwords_file})")  # fmt: skip
+        return
     server = _servers(settings)[args.server]
     pid = services.start(server, settings, timeout=args.timeout)
     print(f"{server.name} running (pid {pid}) at {server.ready_url.rsplit('/', 1)[0]}")
 
 
 def cmd_stop(args: argparse.Namespace, settings: Settings) -> None:
-    for name in ("service", "mlflow") if args.server == "all" else (args.server,):
-        print(f"{name}: {'stopped' if services.stop(settings, name) else 'was not running'}")
-
-
-def airflow(settings: Settings, *args: str, log: Path | None = None) -> int:
-    """Run an `airflow` command with emoflow's embedded configuration."""
-    env = services.airflow_env(settings)
-    command = [str(services.BIN / "airflow"), *args]
-    if log is None:
-        return subprocess.call(command, env=env)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as out:
-        return subprocess.call(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def prepare_airflow(settings: Settings) -> None:
-    """Create Airflow's SQLite database and the `gpu` pool (one slot) once."""
-    log = services.log_file(settings, "airflow-init")
-    if not (settings.airflow_home / "airflow.db").exists():
-        if airflow(settings, "db", "migrate", log=log) != 0:
-            raise services.ServiceError(f"airflow db migrate failed; see {log}")
-    if airflow(settings, "pools", "set", "gpu", "1", "Training on the GPU worker", log=log) != 0:
-        raise services.ServiceError(f"creating the Airflow pool 'gpu' failed; see {log}")
-
-
-TASK_START = re.compile(r"\[DAG TEST\] starting task_id=(\w+)")
-TASK_STATE = re.compile(r"Task instance state updated .* new_state=(\w+)")
-EPOCH = re.compile(r"((?:epoch \d+/\d+|best weights): .*?\(\d+ s\))")
-
-
-def run_dag(settings: Settings, conf: dict) -> Path:
-    """One run of `emotion_ct` through Airflow (`airflow dags test`); returns its log file.
-
-    The full Airflow output goes to the log file; task outcomes and training epochs are echoed.
-    """
-    prepare_airflow(settings)
-    log = services.log_file(settings, f"{DAG_ID}-{time.strftime('%Y%m%d-%H%M%S')}")
-    command = [str(services.BIN / "airflow"), "dags", "test", DAG_ID, "--conf", json.dumps(conf)]
-    task, failed = "?", []
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            command, env=services.airflow_env(settings), stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-        for line in proc.stdout:
-            out.write(line)
-            text = None
-            if match := TASK_START.search(line):
-                task = match.group(1)
-            elif match := TASK_STATE.search(line):
-                failed += [task] if match.group(1) == "failed" else []
-                text = f"  task {task}: {match.group(1)}"
-            elif match := EPOCH.search(line):
-                text = f"  train {match.group(1)}"
-            if text:
-                print(text, flush=True)
-        code = proc.wait()
-    if code != 0 or failed or "DagRun failed" in log.read_text()[-2000:]:
-        raise services.ServiceError(
-            f"DAG run {DAG_ID} failed (tasks failed: {', '.join(failed) or 'see log'}); see {log}"
-        )
-    return log
+    names = ("service", "mlflow", "airflow") if args.server == "all" else (args.server,)
+    for name in names:
+        if name == "airflow":
+            stopped = any(services.stop_airflow(settings).values())
+        else:
+            stopped = services.stop(settings, name)
+        print(f"{name}: {'stopped' if stopped else 'was not running'}")
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> None:
     conf = {"revision": args.revision, "epochs": args.epochs, "imgsz": args.imgsz}
-    print(f"running {DAG_ID} through Airflow with {json.dumps(conf)} ...", flush=True)
-    log = run_dag(settings, conf)
-    print(f"{DAG_ID} succeeded; log: {log}")
+    if args.debug:
+        print(f"running {DAG_ID} in-process (airflow dags test) with {json.dumps(conf)} ...")
+        print(f"{DAG_ID} succeeded; log: {runs.debug_run(settings, conf)}")
+        return
+    start_airflow(settings, timeout=300)
+    run_id = runs.trigger(settings, conf)
+    print(f"triggered {DAG_ID} run {run_id} with {json.dumps(conf)}; following it ...", flush=True)
+    runs.follow(settings, run_id)
+    print(f"{DAG_ID} run {run_id} succeeded; {settings.airflow_url}/dags/{DAG_ID}/runs/{run_id}")
 
 
 def cmd_airflow(args: argparse.Namespace, settings: Settings) -> None:
-    sys.exit(airflow(settings, *args.airflow_args))
+    sys.exit(services.airflow(settings, *args.airflow_args))
 
 
 # ---------------------------------------------------------------- models
@@ -224,22 +190,31 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
     def step(text: str) -> None:
         print(f"[{time.monotonic() - started:6.0f}s] {text}", flush=True)
 
+    step(f"starting MLflow at {settings.mlflow_tracking_uri}")
+    services.start(services.mlflow_server(settings), settings, timeout=180)
+    step(f"starting Airflow at {settings.airflow_url} (api-server, scheduler, dag-processor, "
+         "triggerer)")  # fmt: skip
+    start_airflow(settings, timeout=300)
+    since = datetime.now(UTC)
     if not data_registry.revisions(settings):
         step("generating the sample dataset and recording revision r1 in the DVC registry")
         args.seed, args.source = None, None
         cmd_data(argparse.Namespace(**{**vars(args), "data_command": "add-batch"}), settings)
-    step(f"starting MLflow at {settings.mlflow_tracking_uri}")
-    services.start(services.mlflow_server(settings), settings, timeout=180)
-    step(f"running DAG {DAG_ID} through Airflow (airflow dags test); this is the long part")
-    log = run_dag(settings, {"revision": "latest", "epochs": args.epochs, "imgsz": None})
-    step(f"DAG run succeeded (log: {log})")
+        run_id = runs.wait_for_new_run(settings, since)
+        step(f"the new revision started {DAG_ID} run {run_id} (scheduler, LocalExecutor); "
+             "training is the long part")  # fmt: skip
+    else:
+        run_id = runs.trigger(settings, {"revision": "latest"})
+        step(f"data already recorded: triggered {DAG_ID} run {run_id}")
+    runs.follow(settings, run_id)
+    step(f"run {run_id} succeeded")
     from ml import registry
 
     champion = registry.version_by_alias(settings, registry.CHAMPION)
     if champion is None:
         raise LookupError(
             "the evaluation gate refused the model, so no version is champion and there is "
-            f"nothing to serve; the gate's reasons are in {log} and in the run's gate/ artifacts"
+            f"nothing to serve; the gate's reasons are in the log of task gate of run {run_id}"
         )
     step(f"model '{champion.name}' version {champion.version} is champion")
     services.stop(settings, "service")
@@ -254,8 +229,8 @@ Done in {time.monotonic() - started:.0f} s. What is running and where to look:
   Bento service  {settings.service_url}  (POST /predict, /predict/batch; GET /health, /ready, /metrics, /docs)
   MLflow UI      {settings.mlflow_tracking_uri}  (model '{settings.model_name}', alias champion)
   Drift reports  file://{index}
-  Airflow UI     start it with: .venv/bin/emoflow airflow standalone  -> http://127.0.0.1:{settings.airflow_port}
-                 (login: admin, password in {settings.airflow_home}/simple_auth_manager_passwords.json.generated)
+  Airflow UI     {settings.airflow_url}  (DAGs emotion_ct, emotion_monitor; login {settings.airflow_user},
+                 password in {settings.airflow_passwords_file})
   Stop servers   .venv/bin/emoflow stop all""")
 
 
@@ -266,6 +241,10 @@ def _add_sample_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample", action="store_true", help="generate a sample batch")
     parser.add_argument("--from", dest="source", help="a folder in YOLO layout")
     parser.add_argument("--note", help="where the batch came from (recorded in the revision)")
+    parser.add_argument(
+        "--no-trigger", action="store_true",
+        help=f"record the revision without the asset event that starts {DAG_ID}",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, help="sample seed (default: next revision number)")
     parser.add_argument("--train", type=int, help="sample images in train (default: params)")
     parser.add_argument("--valid", type=int, help="sample images in valid (default: params)")
@@ -289,15 +268,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, helptext in (("start", "start a server"), ("stop", "stop servers")):
         p = sub.add_parser(name, help=helptext)
-        choices = ["mlflow", "service"] + (["all"] if name == "stop" else [])
+        choices = ["mlflow", "service", "airflow"] + (["all"] if name == "stop" else [])
         p.add_argument("server", choices=choices)
         if name == "start":
             p.add_argument("--timeout", type=float, default=180)
 
-    run = sub.add_parser("run", help=f"run the {DAG_ID} DAG once through Airflow")
+    run = sub.add_parser(
+        "run", help=f"trigger the {DAG_ID} DAG through Airflow's scheduler and follow it"
+    )
     run.add_argument("--revision", default="latest")
     run.add_argument("--epochs", type=int)
     run.add_argument("--imgsz", type=int)
+    run.add_argument(
+        "--debug", action="store_true",
+        help="run the DAG in-process with `airflow dags test` (no scheduler, no executor)",
+    )  # fmt: skip
 
     af = sub.add_parser("airflow", help="run an airflow command with emoflow's configuration")
     af.add_argument("airflow_args", nargs=argparse.REMAINDER)
@@ -318,7 +303,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="one full cycle on sample data, ending with a served model")
     _add_sample_options(demo)
-    demo.add_argument("--epochs", type=int, help="override params.yaml's epochs for this run")
     return parser
 
 
@@ -335,7 +319,8 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings()
         COMMANDS[args.command](args, settings)
     except (ConfigError, data_registry.DataRegistryError, services.ServiceError, LookupError,
-            FileExistsError, FileNotFoundError, ValueError) as exc:  # fmt: skip
+            FileExistsError, FileNotFoundError, ValueError, AirflowApiError,
+            runs.RunFailed) as exc:  # fmt: skip
         print(f"emoflow: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except Exception as exc:  # a server's answer (MLflow, HTTP): one line, not a stack trace

@@ -1,4 +1,5 @@
-"""Start, stop and wait for the long-running local servers of the embedded default.
+"""Start, stop and wait for the long-running local servers of the embedded default: MLflow,
+the Bento service and Airflow's four parts (api-server, scheduler, dag-processor, triggerer).
 
 Each server runs in its own session (it outlives the command that started it), writes its
 log to `<home>/logs/<name>.log` and its pid to `<home>/run/<name>.pid`. The CLI, the demo
@@ -7,7 +8,9 @@ and the tests all use these functions, so what is tested is what users run.
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -30,7 +33,7 @@ class ServiceError(RuntimeError):
 class Server:
     name: str
     command: list[str]
-    ready_url: str
+    ready_url: str | None  # answers 200 once the server is ready; None: ready once started
     env: dict[str, str]
 
 
@@ -48,7 +51,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def airflow_env(settings: Settings) -> dict[str, str]:
-    """Airflow's configuration for the embedded default: SQLite under the home folder."""
+    """Airflow's configuration for the embedded default: SQLite under the home folder, a
+    LocalExecutor with one task slot per core, emoflow's DAGs active from the start, and the
+    secrets every part must share (written once into the Airflow home, readable by its owner)."""
+    keys = _airflow_secrets(settings.airflow_home)
     return {
         **settings_env(settings),
         "AIRFLOW_HOME": str(settings.airflow_home),
@@ -56,11 +62,101 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": str(os.cpu_count() or 1),
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{settings.airflow_url}/execution/",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{settings.airflow_user}:admin",
+        "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(settings.airflow_port),
+        "AIRFLOW__API__SECRET_KEY": keys["api_secret_key"],
+        "AIRFLOW__API_AUTH__JWT_SECRET": keys["jwt_secret"],
         # Training outlasts the 10-minute default token of the Execution API.
         "AIRFLOW__EXECUTION_API__JWT_EXPIRATION_TIME": "21600",
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
+        # The task log server of the scheduler's executor; off the API server's usual port.
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(settings.airflow_port + 1),
     }
+
+
+def _airflow_secrets(airflow_home: Path) -> dict[str, str]:
+    """The API's session key and the JWT secret, made once: the scheduler signs task tokens
+    that the API server must accept, so every Airflow part needs the same ones."""
+    path = airflow_home / "emoflow-secrets.json"
+    if not path.exists():
+        airflow_home.mkdir(parents=True, exist_ok=True)
+        keys = {name: secrets.token_urlsafe(32) for name in ("api_secret_key", "jwt_secret")}
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(keys))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+    return json.loads(path.read_text())
+
+
+AIRFLOW_PARTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+def airflow_servers(settings: Settings) -> list[Server]:
+    """Airflow's four parts; the api-server's health endpoint says when the others are up."""
+    env = airflow_env(settings)
+    health = f"{settings.airflow_url}/api/v2/monitor/health"
+    return [
+        Server(f"airflow-{part}", [str(BIN / "airflow"), part],
+               health if part == "api-server" else None, env)
+        for part in AIRFLOW_PARTS
+    ]  # fmt: skip
+
+
+def airflow(settings: Settings, *args: str, log: Path | None = None) -> int:
+    """Run an `airflow` command with emoflow's embedded configuration."""
+    env = airflow_env(settings)
+    command = [str(BIN / "airflow"), *args]
+    if log is None:
+        return subprocess.call(command, env=env)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as out:
+        return subprocess.call(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def prepare_airflow(settings: Settings) -> None:
+    """Create Airflow's SQLite database and the `gpu` pool (one slot) once."""
+    if (settings.airflow_home / "airflow.db").exists():
+        return
+    log = log_file(settings, "airflow-init")
+    if airflow(settings, "db", "migrate", log=log) != 0:
+        raise ServiceError(f"airflow db migrate failed; see {log}")
+    if airflow(settings, "pools", "set", "gpu", "1", "Training on the GPU worker", log=log) != 0:
+        raise ServiceError(f"creating the Airflow pool 'gpu' failed; see {log}")
+
+
+def start_airflow(settings: Settings, timeout: float = 300) -> None:
+    """Airflow's four parts, started unless they run; returns once the API server reports the
+    scheduler, dag-processor and triggerer healthy."""
+    prepare_airflow(settings)
+    for server in airflow_servers(settings):
+        start(server, settings, timeout=timeout)
+    health_url = f"{settings.airflow_url}/api/v2/monitor/health"
+    deadline = time.monotonic() + timeout
+    while True:
+        health = httpx.get(health_url, timeout=5).json()
+        sick = [part for part in ("metadatabase", "scheduler", "dag_processor", "triggerer")
+                if (health.get(part) or {}).get("status") != "healthy"]  # fmt: skip
+        if not sick:
+            return
+        for server in airflow_servers(settings):
+            if running_pid(settings, server.name) is None:
+                log = log_file(settings, server.name)
+                raise ServiceError(f"{server.name} exited; see {log}")
+        if time.monotonic() > deadline:
+            raise ServiceError(
+                f"Airflow parts not healthy after {timeout:.0f} s: {', '.join(sick)}; see "
+                f"{settings.home / 'logs'}/airflow-*.log"
+            )
+        time.sleep(1)
+
+
+def stop_airflow(settings: Settings) -> dict[str, bool]:
+    """Stop every Airflow part (the scheduler with its executor's task processes)."""
+    return {server.name: stop(settings, server.name) for server in airflow_servers(settings)}
 
 
 def mlflow_server(settings: Settings) -> Server:
@@ -128,7 +224,8 @@ def start(server: Server, settings: Settings, timeout: float = 120) -> int:
     """Start `server` unless it already runs; return its pid once its ready URL answers 200."""
     pid = running_pid(settings, server.name)
     if pid is not None:
-        wait_until_ready(server.ready_url, timeout)
+        if server.ready_url:
+            wait_until_ready(server.ready_url, timeout)
         return pid
     log = log_file(settings, server.name)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +241,8 @@ def start(server: Server, settings: Settings, timeout: float = 120) -> int:
             start_new_session=True,
         )
     _pid_file(settings, server.name).write_text(str(proc.pid))
+    if server.ready_url is None:
+        return proc.pid
     try:
         wait_until_ready(server.ready_url, timeout, proc)
     except ServiceError as exc:

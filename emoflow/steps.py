@@ -1,7 +1,8 @@
 """The steps: one function per Airflow task, named as the task is.
 
     emotion_ct       pull -> validate -> train -> register -> gate -> drift -> promote
-    emotion_monitor  monitor
+    emotion_monitor  monitor -> alarm
+    emotion_labelling export
 
 A step takes the records of the steps before it, the `overrides` a manual run sets through the
 DAG's Params (`train` values; None keeps params.yaml), and `settings` and `params` (None: read
@@ -19,6 +20,7 @@ from __future__ import annotations
 import inspect
 import logging
 import typing
+from datetime import UTC, datetime
 
 import httpx
 
@@ -29,6 +31,7 @@ from ml.records import (
     DatasetRef,
     DriftResult,
     GateResult,
+    LabellingBatch,
     ModelRef,
     PromoteResult,
     Record,
@@ -170,9 +173,13 @@ def monitor(
     ``drift.min_live_rows`` predictions) or no champion: neither is a failure.
     """
     from monitoring.drift import check_live_drift
+    from monitoring.face_store import FaceStore
     from monitoring.prediction_table import database_url, read_predictions
 
     settings, params = _resolve(settings, params)
+    kept = params.labelling
+    pruned = FaceStore(settings.images_dir).prune(kept.keep_images, kept.image_retention_days)
+    log.info("answered images kept for labelling: %d deleted (retention)", pruned)
     drift_params = params.drift
     predictions = read_predictions(settings.prediction_log, limit=drift_params.max_rows)
     if len(predictions) < drift_params.min_live_rows:
@@ -196,6 +203,57 @@ def monitor(
         champion.version,
         log_uri=settings.prediction_log,
     )
+
+
+def alarm(live: DriftResult | None, *, settings: Settings | None = None) -> dict:
+    """The `extra` of the live-drift asset event when live traffic drifted: the report (a link
+    under the service's /reports/), the window of predictions and the model that answered them.
+    Without drift (or without a report) the task is skipped, and no event is sent."""
+    if live is None or not live.drifted:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        raise AirflowSkipException("live traffic did not drift: no alarm")
+    settings = settings or Settings()
+    return {
+        "report": f"{settings.service_url}/reports/live/{live.html_path.name}",
+        "share": live.share,
+        "model_version": live.model_version,
+        "window": {
+            "first": live.window_first.isoformat() if live.window_first else None,
+            "last": live.window_last.isoformat() if live.window_last else None,
+            "rows": live.window_rows,
+        },
+    }
+
+
+# ---------------------------------------------------------------------------- emotion_labelling
+
+
+def export(
+    alarm: dict, *, settings: Settings | None = None, params: Params | None = None
+) -> LabellingBatch:
+    """The labelling batch of the window a live-drift alarm names (`alarm` is the event's
+    extra): under `<home>/labelling/`, named by the window's end and the model version."""
+    from monitoring.face_store import FaceStore
+    from monitoring.labelling import export_batch
+    from monitoring.prediction_table import read_predictions
+
+    settings, params = _resolve(settings, params)
+    window = alarm.get("window") or {}
+    first, last = (datetime.fromisoformat(window[k]) if window.get(k) else None
+                   for k in ("first", "last"))  # fmt: skip
+    predictions = read_predictions(settings.prediction_log, since=first, until=last)
+    version = alarm.get("model_version")
+    stamp = (last or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    batch = export_batch(
+        predictions, FaceStore(settings.images_dir),
+        settings.labelling_dir / f"drift-{stamp}-v{version}", params.labelling, version,
+        (first, last),
+    )  # fmt: skip
+    log.info("labelling batch: %d images (%s) in %s; label them, then "
+             "`emoflow data add-batch --from %s`", batch.images, batch.splits, batch.path,
+             batch.path)  # fmt: skip
+    return batch
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -225,21 +283,30 @@ def request_reload(settings: Settings) -> str:
     return f"reload answered {response.status_code}: {response.text[:200]}"
 
 
+def _record_type(hint: object) -> type[Record] | None:
+    """The record class a parameter is typed as (`DatasetRef`, or `DriftResult | None`)."""
+    for kind in (hint, *typing.get_args(hint)):
+        if isinstance(kind, type) and issubclass(kind, Record):
+            return kind
+    return None
+
+
 STEPS = {
-    step.__name__: step for step in (pull, validate, train, register, gate, drift, promote, monitor)
+    step.__name__: step
+    for step in (pull, validate, train, register, gate, drift, promote, monitor, alarm, export)
 }
 """Every step by its task name."""
 
 
 def call(name: str, *args: object) -> dict | None:
     """Run step `name` as an Airflow task does: each argument that the step types as a record
-    arrives as its JSON dict (XCom) and becomes that record; the result goes back as JSON."""
+    arrives as its JSON dict (XCom) and becomes that record; a record returned goes back as
+    JSON (a dict or None as it is)."""
     step = STEPS[name]
     hints = typing.get_type_hints(step)
     records = []
     for parameter, value in zip(inspect.signature(step).parameters.values(), args, strict=False):
-        kind = hints.get(parameter.name)
-        is_record = isinstance(kind, type) and issubclass(kind, Record)
-        records.append(kind.model_validate(value) if is_record and value is not None else value)
+        kind = _record_type(hints.get(parameter.name))
+        records.append(kind.model_validate(value) if kind and value is not None else value)
     result = step(*records)
-    return result.model_dump(mode="json") if result is not None else None
+    return result.model_dump(mode="json") if isinstance(result, Record) else result

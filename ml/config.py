@@ -69,8 +69,21 @@ class Settings(BaseSettings):
     max_pixels: int = Field(
         25_000_000, ge=1, description="Largest image (width x height) the service decodes."
     )
-    airflow_port: int = 8080
+    airflow_port: int = Field(8080, description="Port of the embedded Airflow API server (UI).")
+    airflow_api_url: str | None = Field(
+        None, description="Airflow's API server as emoflow calls it; None = the embedded one."
+    )
+    airflow_user: str = Field("admin", description="Airflow user emoflow calls the API as.")
+    airflow_password: str = Field(
+        "", description="Its password; empty = the one the embedded Airflow generated."
+    )
+    airflow_token: str = Field("", description="An Airflow API token to use instead of a login.")
     prediction_log_uri: str | None = None
+    prediction_images: bool = Field(
+        True,
+        description="Keep each answered image (for the labelling batches drift starts); these "
+        "are people's faces: false keeps none.",
+    )
     energy_price_per_kwh: float = Field(
         0.30, ge=0, description="Electricity price per kWh; training logs energy x price as cost."
     )
@@ -113,8 +126,26 @@ class Settings(BaseSettings):
         return self.prediction_log_uri or f"sqlite:///{self.home / 'predictions.db'}"
 
     @property
+    def images_dir(self) -> Path:
+        """The answered images the prediction log keeps (monitoring.face_store)."""
+        return self.home / "prediction-images"
+
+    @property
+    def labelling_dir(self) -> Path:
+        return self.home / "labelling"
+
+    @property
     def airflow_home(self) -> Path:
         return self.home / "airflow"
+
+    @property
+    def airflow_url(self) -> str:
+        return (self.airflow_api_url or f"http://127.0.0.1:{self.airflow_port}").rstrip("/")
+
+    @property
+    def airflow_passwords_file(self) -> Path:
+        """Where the embedded Airflow's simple auth manager keeps its generated passwords."""
+        return self.airflow_home / "simple_auth_manager_passwords.json.generated"
 
     @property
     def workspaces_dir(self) -> Path:
@@ -291,21 +322,66 @@ class DriftParams(_Section):
         description="Predictions the live-traffic check needs; fewer: no report (not enough "
         "traffic yet).",
     )
+    keep_reports: int = Field(
+        50, ge=1, description="Reports kept per folder (dataset drift, live drift), newest first."
+    )
+    max_report_age_days: float | None = Field(
+        30, gt=0, description="Reports older than this are deleted (the newest always stays)."
+    )
+
+
+class ScheduleParams(_Section):
+    """When the DAGs run by themselves: `emotion_ct` on every newly recorded data revision and
+    also on a cron schedule (UTC), so a model is retrained even while no batch arrives;
+    `emotion_monitor` on its own cron schedule."""
+
+    fallback_cron: str | None = Field(
+        "0 4 * * 1",
+        description="Cron expression of the time-based fallback (UTC); None = only new data.",
+    )
+    monitor_cron: str = Field(
+        "@hourly", description="When `emotion_monitor` compares live traffic (cron, UTC)."
+    )
+
+
+class LabellingParams(_Section):
+    """What drift sends to labelling (the `emotion_labelling` DAG) and how long answered images
+    are kept for it."""
+
+    max_images: int = Field(
+        200, ge=1, description="Images per labelling batch, lowest confidence first."
+    )
+    valid_share: float = Field(
+        0.15, ge=0, lt=1, description="Share of a batch's images put in its valid split."
+    )
+    test_share: float = Field(
+        0.15, ge=0, lt=1, description="Share put in its test split (the rest is train)."
+    )
+    keep_images: int = Field(
+        10_000, ge=1, description="Answered images kept for labelling, newest first."
+    )
+    image_retention_days: float | None = Field(
+        14, gt=0, description="Answered images older than this are deleted."
+    )
 
 
 class Params(_Section):
+    schedule: ScheduleParams = ScheduleParams()
     sample: SampleParams = SampleParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     train: TrainParams = TrainParams()
     gate: GateParams = GateParams()
     drift: DriftParams = DriftParams()
+    labelling: LabellingParams = LabellingParams()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     @cached_property
     def digest(self) -> str:
-        """Content digest of the params: a lineage tag on every model version."""
-        text = self.model_dump_json(by_alias=True)
+        """Content digest of the params: a lineage tag on every model version. When the DAG
+        runs (`schedule`) and what goes to labelling (`labelling`) do not change what the model
+        is, so they are left out."""
+        text = self.model_dump_json(by_alias=True, exclude={"schedule", "labelling"})
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

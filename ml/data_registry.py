@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -194,6 +195,24 @@ def revision(settings: Settings, name: str = "latest") -> Revision:
         date=date, message=message, source=meta.get("source", ""),
         added_images=meta.get("added_images", 0), counts=meta.get("counts", {}),
     )  # fmt: skip
+
+
+def revision_at(settings: Settings, moment: datetime) -> Revision:
+    """The newest revision recorded at or before `moment` (timezone-aware): what "latest" meant
+    then, so a run created at `moment` reads the same revision on every retry."""
+    recorded = [rev for rev in revisions(settings) if datetime.fromisoformat(rev.date) <= moment]
+    if not recorded:
+        raise DataRegistryError(
+            f"{settings.registry_repo}: no data revision was recorded by {moment.isoformat()}"
+        )
+    return recorded[-1]
+
+
+def revision_number(name: str) -> int:
+    """3 for r3: revisions are numbered in the order they were recorded."""
+    if not (name.startswith("r") and name[1:].isdigit()):
+        raise DataRegistryError(f"{name!r} is not a data revision name (r1, r2, ...)")
+    return int(name[1:])
 
 
 def _tags(repo_path: Path) -> list[str]:

@@ -22,6 +22,8 @@ Accepted source layouts (:func:`detect_layout` says which one a folder holds):
 ``class-folders``
     ``<split>/<emotion>/*.jpg|png`` with split folders ``train``, ``val``/``valid``, ``test``; one
     face per image, labelled with a whole-image box ``id 0.5 0.5 1.0 1.0``.
+``label-studio``
+    A Label Studio JSON export (the file itself), its images beside it: see `ml.label_studio`.
 
 Output image names: YOLO layouts keep the file name (images found in sub-folders of an images
 folder get ``<sub>__<name>``); class folders always get ``<emotion folder>__<name>``, so the same
@@ -86,8 +88,11 @@ def canonical_emotion(name: str) -> int:
 
 
 def detect_layout(source: Path) -> str:
-    """Which layout ``source`` holds: ``"affectnet"``, ``"yolo"`` or ``"class-folders"``."""
+    """Which layout ``source`` holds: ``"affectnet"``, ``"yolo"``, ``"class-folders"``, or
+    ``"label-studio"`` (a JSON export file)."""
     source = Path(source)
+    if source.is_file() and source.suffix.lower() == ".json":
+        return "label-studio"
     if not source.is_dir():
         raise LayoutError(f"{source}: dataset folder not found")
     if source.name == LAYOUT_DIR or (source / LAYOUT_DIR).is_dir():
@@ -120,7 +125,15 @@ def to_canonical(source: Path, out: Path) -> dict[str, dict[str, int]]:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        if layout == "class-folders":
+        if layout == "label-studio":
+            from ml.label_studio import LabelStudioError
+            from ml.label_studio import to_canonical as from_label_studio
+
+            try:
+                counts = from_label_studio(source, tmp)
+            except LabelStudioError as exc:
+                raise LayoutError(str(exc)) from None
+        elif layout == "class-folders":
             counts = _convert_class_folders(source, tmp)
         else:
             counts = _convert_yolo(_yolo_splits(source, layout), tmp)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -100,6 +101,11 @@ class DriftResult(Record):
     share: float  # share of features whose distribution drifted
     reference: str  # what the new data was compared with (revision and split)
     html_path: Path
+    # live traffic only: the prediction-log window compared, and the model that answered it
+    window_first: datetime | None = None
+    window_last: datetime | None = None
+    window_rows: int | None = None
+    model_version: int | None = None
 
 
 class PromoteResult(Record):
@@ -121,3 +127,16 @@ class ReproduceResult(Record):
     recorded: dict[str, float]  # final validation metrics of the version's run
     reproduced: dict[str, float]
     difference: dict[str, float]  # reproduced - recorded
+
+
+class LabellingBatch(Record):
+    """Faces of a drifted window of live traffic, ready for people to label: a YOLO-layout
+    folder whose labels are the champion's answers, and the same as Label Studio tasks."""
+
+    path: Path  # the batch folder: data.yaml, {train,valid,test}/{images,labels}
+    tasks_path: Path  # Label Studio tasks (tasks.json) with the answers as pre-annotations
+    images: int
+    splits: dict[str, int]  # images per split
+    model_version: int | None  # the model whose answers are the pre-annotations
+    window_first: datetime | None
+    window_last: datetime | None

@@ -127,7 +127,7 @@ def check_drift(
         "share_threshold": params.share_threshold,
         "max_rows": params.max_rows,
     }
-    seconds = _publish(result, compared, record, Path(reports_dir), started)
+    seconds = _publish(result, compared, record, Path(reports_dir), started, params)
     log.info(
         "drift %s vs %s: share %.3f (threshold %.2f) -> %s, %s (%.1f s)",
         current.revision,
@@ -196,7 +196,10 @@ def check_live_drift(
     when = (last or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
     stem = f"live-{when}-vs-{safe_name(reference.revision)}"
     html_path = (Path(reports_dir) / LIVE_DIR / f"{stem}.html").resolve()
-    result = DriftResult(drifted=drifted, share=share, reference=ref_label, html_path=html_path)
+    result = DriftResult(
+        drifted=drifted, share=share, reference=ref_label, html_path=html_path,
+        window_first=first, window_last=last, window_rows=len(cur_df), model_version=model_version,
+    )  # fmt: skip
     versions: dict[str, int] = {}
     if "model_version" in cur_df.columns:
         counts = cur_df["model_version"].value_counts(dropna=False)
@@ -228,7 +231,7 @@ def check_live_drift(
         "max_rows": params.max_rows,
         "min_live_rows": params.min_live_rows,
     }
-    seconds = _publish(result, compared, record, Path(reports_dir), started)
+    seconds = _publish(result, compared, record, Path(reports_dir), started, params)
     log.info(
         "live drift, %s vs %s: share %.3f (threshold %.2f) -> %s, %s (%.1f s)",
         cur_label,
@@ -248,10 +251,12 @@ def _publish(
     record: dict[str, Any],
     reports_dir: Path,
     started: float,
+    params: DriftParams,
 ) -> float:
     """Write the HTML at ``result.html_path`` and the JSON summary (``record`` plus the report's
-    figures) beside it, both atomically, then refresh the index; return the seconds taken."""
-    from monitoring.reports import atomic_write_text, write_index
+    figures) beside it, both atomically, delete the folder's reports beyond what params keep,
+    then refresh the index; return the seconds taken."""
+    from monitoring.reports import atomic_write_text, prune_reports, write_index
 
     html_path = result.html_path
     html_path.parent.mkdir(parents=True, exist_ok=True)
@@ -270,6 +275,9 @@ def _publish(
     }
     atomic_write_text(
         html_path.with_suffix(".json"), json.dumps(record, indent=2, default=json_default) + "\n"
+    )
+    prune_reports(
+        reports_dir, html_path.parent.name, params.keep_reports, params.max_report_age_days
     )
     write_index(reports_dir)
     return seconds

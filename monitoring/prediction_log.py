@@ -45,8 +45,9 @@ import numpy as np
 import sqlalchemy as sa
 from prometheus_client import Counter
 
+from monitoring.face_store import FaceStore
 from monitoring.features import FEATURES, image_features
-from monitoring.prediction_table import engine_for, metadata, predictions
+from monitoring.prediction_table import add_missing_columns, engine_for, metadata, predictions
 
 if TYPE_CHECKING:  # pragma: no cover
     pass
@@ -129,8 +130,12 @@ class PredictionLog:
         max_queue: int = MAX_QUEUE,
         max_queue_bytes: int = MAX_QUEUE_BYTES,
         batch_size: int = BATCH_SIZE,
+        images: FaceStore | None = None,
     ) -> None:
+        """`images`: where the writer also keeps each answered image (for labelling), named by
+        the row's `image_key`; None keeps none."""
         self.uri = uri
+        self.images = images
         self._dropped_total = dropped_counter()  # on /metrics (at 0) from the service's start
         self.batch_size = batch_size
         self.max_queue_bytes = max_queue_bytes
@@ -254,7 +259,9 @@ class PredictionLog:
         rows = []
         for item in batch:
             try:
-                rows.append(_row(item))
+                row = _row(item)
+                row["image_key"] = self.images.save(item.image) if self.images else None
+                rows.append(row)
             except Exception:  # one odd answer must not stop the log
                 logger.exception("prediction log: could not describe a %s prediction", item.route)
                 with self._lock:
@@ -267,6 +274,7 @@ class PredictionLog:
         with self._engine.begin() as connection:
             if not self._table_ready:
                 metadata.create_all(connection, checkfirst=True)
+                add_missing_columns(connection)  # a log made by an older emoflow
             connection.execute(predictions.insert(), rows)
         self._table_ready = True
 

@@ -5,6 +5,7 @@ reader. `monitoring.prediction_log.PredictionLog` writes it (in the service); Ai
 from __future__ import annotations
 
 import importlib.util
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,7 @@ predictions = sa.Table(
     *(sa.Column(name, sa.Double) for name in FEATURES),
     sa.Column("scores", sa.Text),  # JSON: the best face's {emotion: score}; NULL without a face
     sa.Column("faces", sa.Text, nullable=False),  # JSON: every face of the answer
+    sa.Column("image_key", sa.String(32)),  # the image in the face store; NULL: not kept
 )  # fmt: skip
 """The table, the same on SQLite and Postgres (double precision for every real number)."""
 
@@ -88,10 +90,25 @@ def engine_for(uri: str) -> sa.Engine:
     return engine
 
 
-def read_predictions(uri: str, limit: int | None = None) -> pandas.DataFrame:
-    """The prediction log at `uri` as a table of `COLUMNS`, oldest first; with `limit`, only the
-    newest `limit` rows. ``created_at`` is UTC, NULL features are NaN, ``scores`` and ``faces``
-    stay JSON text. A log with nothing written yet gives an empty table."""
+def add_missing_columns(connection: sa.Connection) -> None:
+    """Columns added since a log's table was created (`image_key`): ALTER TABLE adds them."""
+    have = {column["name"] for column in sa.inspect(connection).get_columns(TABLE)}
+    for column in predictions.columns:
+        if column.name not in have:
+            kind = column.type.compile(dialect=connection.dialect)
+            connection.execute(sa.text(f"ALTER TABLE {TABLE} ADD COLUMN {column.name} {kind}"))
+
+
+def read_predictions(
+    uri: str,
+    limit: int | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> pandas.DataFrame:
+    """The prediction log at `uri` as a table of `COLUMNS`, oldest first; only rows created in
+    [`since`, `until`] when given, and of those the newest `limit`. ``created_at`` is UTC, NULL
+    features are NaN, ``scores`` and ``faces`` stay JSON text. A log with nothing written yet
+    gives an empty table."""
     import pandas as pd
 
     engine = engine_for(uri)
@@ -103,6 +120,10 @@ def read_predictions(uri: str, limit: int | None = None) -> pandas.DataFrame:
             query = sa.select(predictions).order_by(
                 predictions.c.created_at.desc(), predictions.c.id.desc()
             )
+            if since is not None:
+                query = query.where(predictions.c.created_at >= since)
+            if until is not None:
+                query = query.where(predictions.c.created_at <= until)
             if limit is not None:
                 query = query.limit(limit)
             with engine.connect() as connection:

@@ -2,7 +2,8 @@
 
 It lists every report under the folders of `SECTIONS` (``drift/``, written by
 `monitoring.drift.check_drift`, and ``live/``, by `monitoring.drift.check_live_drift`), each
-folder in its own section, newest first, with its drift share, verdict and a link. A
+folder in its own section, newest first, with its drift share, verdict and a link (what
+`prune_reports` keeps: ``drift.keep_reports`` per folder, ``drift.max_report_age_days``). A
 report is an ``*.html`` file; the ``*.json`` summary beside it (same stem) gives the figures.
 A report whose summary is missing or unreadable is still listed, with its figures unknown.
 Links are relative, so the folder can be served by any static server or opened from disk.
@@ -77,6 +78,27 @@ def list_reports(reports_dir: Path, folder: str = "drift") -> list[dict[str, Any
         )
     entries.sort(key=lambda e: (e["when"], e["name"]), reverse=True)
     return entries
+
+
+def prune_reports(
+    reports_dir: Path, folder: str, keep: int, max_age_days: float | None = None
+) -> list[str]:
+    """Delete the reports of one folder beyond the newest `keep`, and those older than
+    `max_age_days` (None: no age limit); the newest report always stays. Returns the names of
+    the reports deleted (their HTML and JSON summary both go)."""
+    entries = list_reports(reports_dir, folder)
+    now = datetime.now(UTC)
+    gone = []
+    for rank, entry in enumerate(entries):
+        too_old = max_age_days is not None and (now - entry["when"]).days >= max_age_days
+        if rank > 0 and (rank >= keep or too_old):
+            base = Path(reports_dir) / folder / entry["name"]
+            for suffix in (".html", ".json"):
+                base.with_suffix(suffix).unlink(missing_ok=True)
+            gone.append(entry["name"])
+    if gone:
+        log.info("reports: %s: deleted %d old reports (keep %d)", folder, len(gone), keep)
+    return gone
 
 
 def write_index(reports_dir: Path) -> Path:

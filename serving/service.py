@@ -43,6 +43,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from ml.config import Settings
+from monitoring.face_store import FaceStore
 from monitoring.prediction_log import PredictionLog
 from serving.batching import Batcher
 from serving.champion import ChampionFollower
@@ -131,7 +132,8 @@ class EmotionWorker:
         # batching); decoding and letterboxing run beside it in worker threads.
         self.batcher = Batcher()
         # Features and answers of every prediction, written by its own thread off the request path.
-        self.prediction_log = PredictionLog(settings.prediction_log)
+        images = FaceStore(settings.images_dir) if settings.prediction_images else None
+        self.prediction_log = PredictionLog(settings.prediction_log, images=images)
 
     @property
     def served(self) -> ServedModel | None:

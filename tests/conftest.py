@@ -25,6 +25,7 @@ def _make_settings(home: Path, **overrides) -> Settings:
         home=home,
         mlflow_tracking_uri=f"http://127.0.0.1:{_free_port()}",
         serve_port=_free_port(),
+        airflow_port=_free_port(),
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)

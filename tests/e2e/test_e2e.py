@@ -1,6 +1,8 @@
-"""End to end: the real DAG through Airflow, a real MLflow server, the real Bento service.
+"""End to end: the real DAG under Airflow's scheduler (LocalExecutor), a real MLflow server,
+the real Bento service.
 
-Cycles on a tiny generated dataset. The gate's floors are zero in this test's params so the
+Recording a revision is the only command that starts the first cycle: its asset event makes
+the scheduler run emotion_ct. Cycles on a tiny generated dataset. The gate's floors are zero in this test's params so the
 2-epoch model can become champion; a later challenger must beat it by 0.01 mAP50 on the lower
 bound of the bootstrap interval, which a 1-epoch model cannot (the rules themselves are tested
 in test_gate and test_scoring).
@@ -10,13 +12,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from emoflow import services
+from emoflow import runs, services
+from emoflow.airflow_api import DATASET_ASSET, AirflowApi
 from ml import data_registry, registry
 from ml.config import PROJECT_ROOT
 from ml.dataset_format import write_data_yaml
@@ -42,6 +47,14 @@ def emoflow(env: dict, *args: str, check: bool = True) -> subprocess.CompletedPr
     return result
 
 
+@dataclass
+class Cycle:
+    settings: object
+    env: dict
+    run_id: str  # the run r1's asset event started
+    echoed: list[str]  # what following it printed
+
+
 @pytest.fixture(scope="module")
 def cycle(tmp_path_factory, make_settings):
     home = tmp_path_factory.mktemp("e2e")
@@ -49,19 +62,45 @@ def cycle(tmp_path_factory, make_settings):
     params.write_text(yaml.safe_dump(TINY_PARAMS))
     settings = make_settings(home, params_file=params)
     env = services.settings_env(settings)
-    emoflow(env, "data", "init", "--sample")
     services.start(services.mlflow_server(settings), settings, timeout=180)
     try:
-        run = emoflow(env, "run")
-        yield settings, env, run
+        emoflow(env, "start", "airflow")
+        since = datetime.now(UTC)
+        emoflow(env, "data", "init", "--sample")  # records r1 and announces it: nothing else
+        run_id = runs.wait_for_new_run(settings, since, timeout=120)
+        echoed: list[str] = []
+        runs.follow(settings, run_id, timeout=1200, echo=echoed.append)
+        yield Cycle(settings, env, run_id, echoed)
     finally:
         services.stop(settings, "service")
+        services.stop_airflow(settings)
         services.stop(settings, "mlflow")
 
 
+def pulled_revision(api: AirflowApi, run_id: str) -> tuple[str, int]:
+    """The revision the run's pull task returned (XCom), and that task's try number."""
+    base = f"/api/v2/dags/{runs.DAG_ID}/dagRuns/{run_id}/taskInstances/pull"
+    xcom = api._request("GET", f"{base}/xcomEntries/return_value")
+    return xcom["value"]["revision"], api._request("GET", base)["try_number"]
+
+
+def test_recording_r1_ran_the_dag_through_the_scheduler(cycle):
+    settings = cycle.settings
+    api = AirflowApi(settings)
+    run = api.dag_run(runs.DAG_ID, cycle.run_id)
+    assert run["run_type"] == "asset_triggered" and run["state"] == "success"
+    assert "  task promote: success" in cycle.echoed
+    assert any(line.startswith("  train epoch 2/2") for line in cycle.echoed), cycle.echoed
+    (event,) = api.asset_events(DATASET_ASSET)
+    r1 = data_registry.revision(settings, "r1")
+    assert event["extra"]["revision"] == "r1" and event["extra"]["digest"] == r1.digest
+    assert "sample batch" in event["extra"]["source"]
+    assert [created["run_id"] for created in event["created_dagruns"]] == [cycle.run_id]
+    assert pulled_revision(api, cycle.run_id) == ("r1", 1)
+
+
 def test_one_cycle_registers_a_champion_named_by_data_and_code(cycle):
-    settings, _, run = cycle
-    assert "emotion_ct succeeded" in run.stdout
+    settings = cycle.settings
     champion = registry.version_by_alias(settings, registry.CHAMPION)
     assert champion is not None and champion.version == 1
     version = registry.client(settings).get_model_version(settings.model_name, "1")
@@ -98,7 +137,7 @@ def test_one_cycle_registers_a_champion_named_by_data_and_code(cycle):
 
 
 def test_the_service_serves_the_champion_over_http(cycle):
-    settings, _, _ = cycle
+    settings = cycle.settings
     services.start(services.bento_service(settings), settings, timeout=300)
     url = settings.service_url
     assert httpx.get(f"{url}/health").status_code == 200
@@ -116,7 +155,7 @@ def test_the_service_serves_the_champion_over_http(cycle):
 
 
 def test_reproduce_retrains_a_version_and_prints_the_difference(cycle):
-    settings, env, _ = cycle
+    settings, env = cycle.settings, cycle.env
     result = emoflow(env, "model", "reproduce", "1")
     client = registry.client(settings)
     original = client.get_run(client.get_model_version(settings.model_name, "1").run_id)
@@ -133,11 +172,11 @@ def test_reproduce_retrains_a_version_and_prints_the_difference(cycle):
 
 
 def test_a_weaker_challenger_is_refused_and_a_forced_promotion_can_be_rolled_back(cycle):
-    settings, env, _ = cycle
-    emoflow(env, "data", "add-batch", "--sample", "--seed", "7", "--note", "cycle two")
+    settings, env = cycle.settings, cycle.env
+    emoflow(env, "data", "add-batch", "--sample", "--seed", "7", "--note", "two", "--no-trigger")
     revision = data_registry.revisions(settings)[-1].name
     run = emoflow(env, "run", "--revision", revision, "--epochs", "1")
-    assert "task promote: success" in run.stdout
+    assert "task promote: success" in run.stdout and "succeeded" in run.stdout
     client = registry.client(settings)
     challenger = registry.version_by_alias(settings, registry.CHALLENGER)
     assert challenger.version == 2
@@ -154,8 +193,23 @@ def test_a_weaker_challenger_is_refused_and_a_forced_promotion_can_be_rolled_bac
     assert registry.version_by_alias(settings, registry.PREVIOUS).version == 2
 
 
+def test_a_retried_pull_reads_the_revision_of_its_first_try(cycle):
+    """A newer revision is recorded; the first run's pull task, cleared and run again under the
+    scheduler (its second try), still reads r1, the revision its run was created for."""
+    settings, env = cycle.settings, cycle.env
+    emoflow(env, "data", "add-batch", "--sample", "--seed", "8", "--no-trigger")
+    api = AirflowApi(settings)
+    api._request(
+        "POST", f"/api/v2/dags/{runs.DAG_ID}/clearTaskInstances",
+        json={"dag_run_id": cycle.run_id, "task_ids": ["pull"], "dry_run": False,
+              "only_failed": False, "include_downstream": False, "reset_dag_runs": True},
+    )  # fmt: skip
+    api.wait_for_run(runs.DAG_ID, cycle.run_id, timeout=300)
+    assert pulled_revision(api, cycle.run_id) == ("r1", 2)
+
+
 def test_a_bad_batch_stops_the_run_before_training_and_keeps_the_champion(cycle, tmp_path):
-    settings, env, _ = cycle
+    settings, env = cycle.settings, cycle.env
     batch = tmp_path / "bad"
     source = data_registry.pull(settings, "r1").path
     for split in ("train", "valid", "test"):
@@ -167,17 +221,19 @@ def test_a_bad_batch_stops_the_run_before_training_and_keeps_the_champion(cycle,
     write_data_yaml(batch)
     (batch / "train" / "labels" / "bad0.txt").write_text("9 0.5 0.5 0.6 0.6\n")
     (batch / "valid" / "labels" / "bad1.txt").write_text("3 0.5 0.5 1.4 0.6\n")
-    emoflow(env, "data", "add-batch", "--from", str(batch), "--note", "broken labels")
-    bad_revision = data_registry.revisions(settings)[-1].name
     client = registry.client(settings)
     versions_before = len(client.search_model_versions(f"name='{settings.model_name}'"))
     experiment = client.get_experiment_by_name("emotion-detector")
     runs_before = len(client.search_runs([experiment.experiment_id]))
 
-    run = emoflow(env, "run", check=False)
-    assert run.returncode == 2
-    log = Path(run.stderr.split("see ")[-1].strip())
-    text = log.read_text()
+    since = datetime.now(UTC)
+    added = emoflow(env, "data", "add-batch", "--from", str(batch), "--note", "broken labels")
+    assert "emotion_ct will run" in added.stdout  # the asset event starts the run, nothing else
+    run_id = runs.wait_for_new_run(settings, since, timeout=120)
+    with pytest.raises(runs.RunFailed, match="validate"):
+        runs.follow(settings, run_id, timeout=600, echo=lambda line: None)
+    bad_revision = data_registry.revisions(settings)[-1].name
+    text = runs.task_log(settings, run_id, "validate").read_text()
     assert "InvalidDataError" in text and f"{bad_revision}:" in text
     assert "train/labels/bad0.txt" in text and "valid/labels/bad1.txt" in text
     # Training never started: no new MLflow run.

@@ -16,6 +16,7 @@ from airflow.dag_processing.dagbag import DagBag
 bag = DagBag(dag_folder=sys.argv[1])
 dag = bag.dags["emotion_ct"]
 monitor = bag.dags.get("emotion_monitor")
+labelling = bag.dags.get("emotion_labelling")
 print(json.dumps({
     "errors": {k: str(v) for k, v in bag.import_errors.items()},
     "dag_ids": sorted(bag.dag_ids),
@@ -24,14 +25,22 @@ print(json.dumps({
     "train": {"queue": dag.get_task("train").queue, "pool": dag.get_task("train").pool},
     "params": sorted(dag.params.keys()),
     "catchup": dag.catchup, "tags": sorted(dag.tags), "doc": bool(dag.doc_md),
+    "timetable": type(dag.timetable).__name__, "timetable_text": dag.timetable.timetable.expression,
+    "assets": [dag.timetable.asset_condition.name],
     "monitor": monitor and {
-        "tasks": [t.task_id for t in monitor.tasks], "schedule": str(monitor.schedule),
+        "tasks": [t.task_id for t in monitor.tasks], "schedule": monitor.timetable.expression,
         "timetable": type(monitor.timetable).__name__, "catchup": monitor.catchup,
         "max_active_runs": monitor.max_active_runs, "tags": sorted(monitor.tags),
         "doc": bool(monitor.doc_md),
     },
+    "labelling": labelling and {
+        "tasks": [t.task_id for t in labelling.tasks],
+        "timetable": type(labelling.timetable).__name__,
+        "asset": [a.name for a in labelling.timetable.asset_condition.objects],
+        "alarm_outlets": [a.name for a in monitor.get_task("alarm").outlets],
+    },
     "heavy": [m for m in ("torch", "ultralytics", "mlflow", "evidently", "great_expectations",
-                          "bentoml", "dvc", "onnxruntime") if m in sys.modules],
+                          "bentoml", "dvc", "onnxruntime", "pandas") if m in sys.modules],
 }))
 """
 
@@ -54,7 +63,7 @@ def parsed(tmp_path_factory: pytest.TempPathFactory, make_settings) -> dict:
 
 def test_emotion_ct_parses_wires_the_steps_in_order_and_imports_nothing_heavy(parsed):
     assert parsed["errors"] == {}
-    assert parsed["dag_ids"] == ["emotion_ct", "emotion_monitor"]
+    assert parsed["dag_ids"] == ["emotion_ct", "emotion_labelling", "emotion_monitor"]
     assert parsed["order"] == [
         "pull", "validate", "train", "register", "gate", "drift", "promote",
     ]  # fmt: skip
@@ -63,6 +72,10 @@ def test_emotion_ct_parses_wires_the_steps_in_order_and_imports_nothing_heavy(pa
     assert parsed["train"] == {"queue": "gpu", "pool": "gpu"}
     assert parsed["params"] == ["epochs", "imgsz", "revision"]
     assert parsed["catchup"] is False and "emoflow" in parsed["tags"] and parsed["doc"]
+    # new data revisions (asset events) or the time fallback of params.yaml, whichever first
+    assert parsed["timetable"] == "AssetOrTimeSchedule"
+    assert parsed["assets"] == ["emoflow-dataset"]
+    assert parsed["timetable_text"] == "0 4 * * 1"
     assert parsed["heavy"] == []
 
 
@@ -70,8 +83,8 @@ def test_emotion_monitor_parses_hourly_with_its_one_task(parsed):
     assert parsed["errors"] == {}
     monitor = parsed["monitor"]
     assert monitor is not None, parsed["dag_ids"]
-    assert monitor["tasks"] == ["monitor"]
-    assert monitor["schedule"] == "@hourly"
+    assert monitor["tasks"] == ["monitor", "alarm"]
+    assert monitor["schedule"] in ("@hourly", "0 * * * *")
     assert monitor["timetable"] == "CronTriggerTimetable"  # runs at each hour, no catch-up
     assert monitor["catchup"] is False and monitor["max_active_runs"] == 1
     assert "emoflow" in monitor["tags"] and monitor["doc"]
@@ -90,3 +103,10 @@ def test_airflow_loads_the_plugin_with_links_to_emoflows_uis(tmp_path, make_sett
     assert views["MLflow: models and runs"] == settings.mlflow_tracking_uri
     assert views["Drift reports"] == f"{settings.service_url}/reports/index.html"
     assert views["Emotion service API"] == f"{settings.service_url}/docs"
+
+
+def test_emotion_labelling_runs_on_the_live_drift_alarm(parsed):
+    labelling = parsed["labelling"]
+    assert labelling["tasks"] == ["export"]
+    assert labelling["timetable"] == "AssetTriggeredTimetable"
+    assert labelling["asset"] == ["emoflow-live-drift"] == labelling["alarm_outlets"]

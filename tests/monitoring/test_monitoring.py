@@ -327,6 +327,34 @@ def test_index_lists_every_report_newest_first(tmp_path: Path):
     assert leftovers(tmp_path) == []
 
 
+def test_reports_are_kept_by_count_and_age_and_the_index_lists_what_is_kept(
+    datasets, tmp_path: Path
+):
+    import os
+
+    reports = tmp_path / "reports"
+    params = DriftParams(keep_reports=2, max_report_age_days=30)
+    names = [f"r{n}" for n in range(2, 6)]
+    for name in names:  # r2..r5 each against r1: four reports, the oldest written first
+        check(ref(name, datasets["same"].path), datasets["r1"], reports, params)
+    kept = sorted(p.stem for p in (reports / "drift").glob("*.html"))
+    assert kept == ["r4-vs-r1", "r5-vs-r1"]
+    assert sorted(p.stem for p in (reports / "drift").glob("*.json")) == kept
+    page = (reports / "index.html").read_text()
+    assert "drift/r5-vs-r1.html" in page and "drift/r4-vs-r1.html" in page
+    assert "r3-vs-r1" not in page and "r2-vs-r1" not in page
+
+    # a report older than max_report_age_days goes even within the count (not the newest one)
+    old = reports / "drift" / "r4-vs-r1.json"
+    summary = json.loads(old.read_text())
+    summary["created"] = "2020-01-01T00:00:00+00:00"
+    old.write_text(json.dumps(summary))
+    os.utime(old.with_suffix(".html"), (0, 0))
+    wider = DriftParams(keep_reports=3, max_report_age_days=30)  # the count alone keeps r4
+    check(ref("r6", datasets["same"].path), datasets["r1"], reports, wider)
+    assert sorted(p.stem for p in (reports / "drift").glob("*.html")) == ["r5-vs-r1", "r6-vs-r1"]
+
+
 def test_index_of_no_reports_says_so(tmp_path: Path):
     from monitoring.reports import write_index
 
