@@ -19,6 +19,7 @@ from emoflow.airflow_api import AirflowApiError
 from emoflow.runs import DAG_ID
 from ml import data_registry
 from ml.config import ConfigError, Settings, load_params
+from ml.registry import RegistryError
 
 
 def _print_record(record) -> None:
@@ -55,8 +56,12 @@ def cmd_data(args: argparse.Namespace, settings: Settings) -> None:
         if args.sample or args.source:
             cmd_data(argparse.Namespace(**{**vars(args), "data_command": "add-batch"}), settings)
     elif args.data_command == "add-batch":
-        if args.source:
+        if args.source is not None and not args.sample:
+            if not args.source.strip():
+                raise ValueError("--from needs a folder (or a Label Studio export .json)")
             source, note = Path(args.source), args.note or f"folder {args.source}"
+        elif not args.sample:
+            raise ValueError("add-batch needs --from DIR (a batch to record) or --sample")
         else:
             seed = args.seed if args.seed is not None else len(data_registry.revisions(settings))
             args.seed = seed
@@ -198,7 +203,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
     since = datetime.now(UTC)
     if not data_registry.revisions(settings):
         step("generating the sample dataset and recording revision r1 in the DVC registry")
-        args.seed, args.source = None, None
+        args.seed, args.source, args.sample = None, None, True
         cmd_data(argparse.Namespace(**{**vars(args), "data_command": "add-batch"}), settings)
         run_id = runs.wait_for_new_run(settings, since)
         step(f"the new revision started {DAG_ID} run {run_id} (scheduler, LocalExecutor); "
@@ -320,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
         COMMANDS[args.command](args, settings)
     except (ConfigError, data_registry.DataRegistryError, services.ServiceError, LookupError,
             FileExistsError, FileNotFoundError, ValueError, AirflowApiError,
-            runs.RunFailed) as exc:  # fmt: skip
+            runs.RunFailed, RegistryError) as exc:  # fmt: skip
         print(f"emoflow: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except Exception as exc:  # a server's answer (MLflow, HTTP): one line, not a stack trace

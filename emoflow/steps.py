@@ -143,10 +143,14 @@ def drift(
 def promote(
     model: ModelRef, gate: GateResult, *, settings: Settings | None = None
 ) -> PromoteResult:
-    """Move `champion` to the challenger only when the gate passed, then tell the service."""
+    """Move `champion` to the challenger only when the gate passed and the champion is still
+    the version the gate compared against (else `PromotionConflict`), then tell the service."""
     settings = settings or Settings()
     if gate.passed:
-        result = registry.promote(settings, model.version, reason="; ".join(gate.reasons))
+        compared = gate.champion.version if gate.champion else None
+        result = registry.promote(
+            settings, model.version, reason="; ".join(gate.reasons), if_champion=compared
+        )
         if result.promoted:
             log.info("service: %s", request_reload(settings))
         return result

@@ -16,6 +16,18 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous", "challenger"
+ANY = "any"
+"""`promote(..., if_champion=ANY)`: move the alias whichever version holds it now."""
+
+
+class RegistryError(RuntimeError):
+    """The registry could not do what was asked; the message says why (and which server)."""
+
+
+class PromotionConflict(RegistryError):
+    """The champion changed between the gate's comparison and the promotion."""
+
+
 MODEL_ARTIFACT = "model"  # name of the logged ONNX model inside each training run
 
 
@@ -134,17 +146,36 @@ def set_tag(settings: Settings, ref: ModelRef, key: str, value: str) -> None:
     client(settings).set_model_version_tag(ref.name, str(ref.version), key, value)
 
 
-def promote(settings: Settings, version: int, reason: str) -> PromoteResult:
-    """Point `champion` at `version` and `previous` at the old champion."""
+def promote(
+    settings: Settings, version: int, reason: str, *, if_champion: int | None | str = ANY
+) -> PromoteResult:
+    """Point `champion` at `version` and `previous` at the old champion.
+
+    Compare-and-swap: with `if_champion` (the version the gate compared against, None for no
+    champion) the aliases move only if `champion` still names it; else `PromotionConflict`,
+    and the newer champion stays."""
     from mlflow.exceptions import MlflowException
 
     mlflow_client = client(settings)
     name = settings.model_name
     try:
         mlflow_client.get_model_version(name, str(version))
-    except MlflowException:
-        raise LookupError(f"model '{name}' has no version {version}") from None
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise LookupError(f"model '{name}' has no version {version}") from None
+        raise RegistryError(
+            f"MLflow at {settings.mlflow_tracking_uri} could not be asked for version {version} "
+            f"of '{name}' ({exc.error_code}): {str(exc)[:300]}"
+        ) from None
     old = version_by_alias(settings, CHAMPION)
+    now = old.version if old else None
+    if if_champion != ANY and now != if_champion:
+        raise PromotionConflict(
+            f"not promoting v{version}: the gate compared it with "
+            f"{f'v{if_champion}' if if_champion else 'no champion'}, but '{name}' champion is "
+            f"{f'v{now}' if now else 'none'} now (another run or a person moved it); the "
+            "champion stays"
+        )
     if old is not None and old.version == version:
         return PromoteResult(
             promoted=False, champion=version, previous=_alias_version(settings, PREVIOUS),

@@ -109,3 +109,34 @@ def test_the_cli_promotes_lists_and_rolls_back(settings, tmp_path, logged_run):
     missing = emoflow("model", "promote", "9")
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert missing.stderr.startswith("emoflow: error:")
+
+
+def test_promotion_is_compare_and_swap_on_the_champion_the_gate_saw(settings, tmp_path, logged_run):
+    """Two runs gate against v1; the first promotes v2; the second's v3 must not replace it."""
+    lineage = {"git_commit": "abc", "params_digest": "p"}
+    v1, v2, v3 = (registry.register(logged_run(settings, tmp_path, name), DATASET, lineage,
+                                    settings) for name in "abc")  # fmt: skip
+    registry.promote(settings, v1.version, "first")
+    champion = EvalResult(version=1, map50=0.5, map50_95=0.3, per_class_recall={})
+    passed = {"passed": True, "reasons": ["PASS: better"], "champion": champion,
+              "report_path": tmp_path / "r.json"}  # fmt: skip
+    gate_v2 = GateResult(challenger=champion.model_copy(update={"version": 2}), **passed)
+    gate_v3 = GateResult(challenger=champion.model_copy(update={"version": 3}), **passed)
+
+    assert steps.promote(v2, gate_v2, settings=settings).champion == 2
+    with pytest.raises(registry.PromotionConflict, match="compared it with v1, but .* is v2 now"):
+        steps.promote(v3, gate_v3, settings=settings)
+    assert registry.version_by_alias(settings, registry.CHAMPION).version == 2
+    assert registry.version_by_alias(settings, registry.PREVIOUS).version == 1
+    assert v3.version == 3
+
+
+def test_an_unreachable_mlflow_is_named_not_reported_as_a_missing_version(
+    settings, free_port, monkeypatch
+):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    nowhere = settings.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{free_port()}"})
+    with pytest.raises(registry.RegistryError, match=r"MLflow at http://127\.0\.0\.1:\d+ could"):
+        registry.promote(nowhere, 1, "manual")
+    with pytest.raises(LookupError, match="has no version 99"):
+        registry.promote(settings, 99, "manual")
