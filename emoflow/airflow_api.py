@@ -118,16 +118,24 @@ class AirflowApi:
             "POST", "/api/v2/assets/events", json={"asset_id": asset, "extra": extra}
         )
 
-    def asset_events(self, name: str) -> list[dict]:
-        """Every event of asset `name`, oldest first."""
+    def asset_events(self, name: str, tries: int = 20) -> list[dict]:
+        """Every event of asset `name`, oldest first.
+
+        Airflow 3.3.2 answers this call with 500 while a run an event created is still queued
+        (the run's empty start_date fails its response model), which lasts until the scheduler
+        starts the run: so a 500 is asked again, once a second, `tries` times."""
         asset = self.asset_id(name)
         if asset is None:
             return []
-        found = self._request(
-            "GET", "/api/v2/assets/events",
-            params={"asset_id": asset, "order_by": "timestamp", "limit": 1000},
-        )  # fmt: skip
-        return found["asset_events"]
+        params = {"asset_id": asset, "order_by": "timestamp", "limit": 1000}
+        for _ in range(tries - 1):
+            try:
+                return self._request("GET", "/api/v2/assets/events", params=params)["asset_events"]
+            except AirflowApiError as exc:
+                if "answered 500" not in str(exc):
+                    raise
+                time.sleep(1)
+        return self._request("GET", "/api/v2/assets/events", params=params)["asset_events"]
 
     # ------------------------------------------------------------------ DAG runs
 

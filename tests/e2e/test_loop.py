@@ -1,0 +1,155 @@
+"""One turn of the continual loop, with no command in between but the labelling.
+
+Airflow's scheduler, a real MLflow server and the real Bento service run; r1 is recorded and
+its asset event trains the champion. A shifted stream of faces (darker, smaller: the
+generator's knobs) goes through the service; `emotion_monitor` (every minute in this test's
+params) sees the drift and sends the alarm event; `emotion_labelling` exports the drifted
+faces; the test labels them with the generator's ground truth (the test is the labeller, and
+says so) and records them with `emoflow data add-batch`; that revision's event runs
+`emotion_ct`, whose gate promotes the challenger; the service answers with the new version.
+
+The gate is permissive here (no floors, no improvement bound): this test is about the loop
+closing, the gate's rules have their own tests. The champion's accuracy on the shifted stream
+before and after the turn is printed (run with -s to see it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from emoflow import runs, services
+from emoflow.airflow_api import LIVE_DRIFT_ASSET, AirflowApi
+from ml import registry
+from ml.config import EMOTIONS, PROJECT_ROOT
+from ml.sample_data import Shift, generate
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+LOOP_PARAMS = {
+    "schedule": {"fallback_cron": None, "monitor_cron": "* * * * *"},
+    "sample": {"seed": 0, "train": 320, "valid": 32, "test": 32},
+    "train": {"epochs": 10, "imgsz": 64, "batch": 32, "workers": 0},
+    "gate": {"min_map50": 0.0, "min_map50_95": 0.0, "min_improvement": -1.0,
+             "max_recall_regression": 1.0, "max_latency_ms": None},
+    "drift": {"min_live_rows": 20, "max_rows": 100, "share_threshold": 0.3},
+    "labelling": {"max_images": 100, "valid_share": 0.2, "test_share": 0.2},
+}  # fmt: skip
+SHIFT = Shift(brightness=-0.35, face_scale=0.7)
+
+
+def emoflow(env: dict, *args: str) -> str:
+    result = subprocess.run(
+        [str(services.BIN / "emoflow"), *args], env=env, capture_output=True, text=True,
+        cwd=PROJECT_ROOT, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def pixels(data: bytes) -> str:
+    """A digest of an image's decoded pixels: the service stores what it decoded, not bytes."""
+    with Image.open(io.BytesIO(data)) as image:
+        return hashlib.sha1(np.asarray(image.convert("RGB")).tobytes()).hexdigest()
+
+
+def shifted_stream(root: Path) -> list[tuple[bytes, str]]:
+    """(PNG bytes, the true label file's text) of 60 darker, smaller drawn faces."""
+    generate(root, train=40, valid=10, test=10, seed=11, shift=SHIFT, prefix="x")
+    return [
+        (image.read_bytes(), (image.parent.parent / "labels" / f"{image.stem}.txt").read_text())
+        for image in sorted(root.glob("*/images/*.png"))
+    ]
+
+
+def accuracy(url: str, stream: list[tuple[bytes, str]]) -> tuple[float, set[int]]:
+    """Share of the stream whose answered emotion is the true one, and the versions answering."""
+    right, versions = 0, set()
+    for data, label in stream:
+        answer = httpx.post(f"{url}/predict", files={"image": ("x.png", data)}, timeout=30).json()
+        right += answer["emotion"] == EMOTIONS[int(label.split()[0])]
+        versions.add(answer["model_version"])
+    return right / len(stream), versions
+
+
+def wait_until(what: str, check, timeout: float, poll: float = 3.0):
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
+        time.sleep(poll)
+    return found
+
+
+def test_drift_labelling_and_retraining_close_the_loop(tmp_path, make_settings):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(LOOP_PARAMS))
+    settings = make_settings(
+        tmp_path / "home", params_file=params, serve_poll_seconds=2, serve_workers=1
+    )
+    env = services.settings_env(settings)
+    api = AirflowApi(settings)
+    services.start(services.mlflow_server(settings), settings, timeout=180)
+    try:
+        emoflow(env, "start", "airflow")
+        since = datetime.now(UTC)
+        emoflow(env, "data", "init", "--sample")
+        runs.follow(settings, runs.wait_for_new_run(settings, since, 120), 900, lambda _: None)
+        assert registry.version_by_alias(settings, registry.CHAMPION).version == 1
+        services.start(services.bento_service(settings), settings, timeout=300)
+
+        stream = shifted_stream(tmp_path / "shifted")
+        truth = {pixels(data): label for data, label in stream}
+        before, versions = accuracy(settings.service_url, stream)
+        assert versions == {1}
+
+        # emotion_monitor (every minute) sees the drift and sends the alarm: no command
+        alarm = wait_until("the live-drift alarm", lambda: api.asset_events(LIVE_DRIFT_ASSET), 300)
+        extra = alarm[0]["extra"]
+        assert extra["model_version"] == 1 and extra["window"]["rows"] >= 20
+        assert extra["share"] >= 0.3 and "/reports/live/" in extra["report"]
+        assert httpx.get(extra["report"]).status_code == 200  # the report page, served
+
+        # the alarm's event started emotion_labelling, which exports the drifted faces
+        labelling = wait_until("a labelling run", lambda: api.dag_runs("emotion_labelling"), 120)
+        run_id = labelling[0]["dag_run_id"]
+        assert api.wait_for_run("emotion_labelling", run_id, 300)["state"] == "success"
+        xcom = api._request(
+            "GET", f"/api/v2/dags/emotion_labelling/dagRuns/{run_id}/taskInstances/export/"
+            "xcomEntries/return_value",
+        )["value"]  # fmt: skip
+        batch = Path(xcom["path"])
+        images = sorted(batch.glob("*/images/*.png"))
+        assert xcom["images"] == len(images) > 0 and (batch / "tasks.json").is_file()
+
+        # the labeller: this test, with the generator's ground truth for each exported face
+        for image in images:
+            label = image.parent.parent / "labels" / f"{image.stem}.txt"
+            label.write_text(truth[pixels(image.read_bytes())])
+        since = datetime.now(UTC)
+        added = emoflow(env, "data", "add-batch", "--from", str(batch), "--note", "labelled")
+        assert "r2" in added and "emotion_ct will run" in added
+
+        # r2's event runs emotion_ct; its gate promotes v2; the service follows the alias
+        run = runs.follow(settings, runs.wait_for_new_run(settings, since, 120), 900, print)
+        assert run["run_type"] == "asset_triggered"
+        assert registry.version_by_alias(settings, registry.CHAMPION).version == 2
+        ready = lambda: httpx.get(f"{settings.service_url}/ready").json()["version"] == 2  # noqa: E731
+        wait_until("the service serving v2", ready, 120, poll=1)
+        after, versions = accuracy(settings.service_url, stream)
+        assert versions == {2}
+        print(f"\nshifted stream accuracy: v1 {before:.3f} -> v2 {after:.3f} "
+              f"({len(stream)} faces, {len(images)} labelled)")  # fmt: skip
+    finally:
+        services.stop(settings, "service")
+        services.stop_airflow(settings)
+        services.stop(settings, "mlflow")
