@@ -33,9 +33,10 @@ from pathlib import Path
 
 from machine import cpu_model
 
-from ml.config import EMOTIONS, PROJECT_ROOT, Settings, TrainParams, resolve_device
+from ml.config import EMOTIONS, PROJECT_ROOT, Settings, resolve_device
 from ml.dataset_format import SPLITS, write_data_yaml
 from ml.energy import EnergyMeter
+from ml.params import TrainParams
 from ml.records import DatasetRef
 from ml.sample_data import generate
 from ml.train import data_imgsz, train

@@ -29,7 +29,8 @@ from machine import cpu_model
 
 from emoflow import runs, services
 from emoflow.airflow_api import AirflowApi
-from ml.config import PROJECT_ROOT, Settings, load_params
+from ml.config import PROJECT_ROOT, Settings
+from ml.params import load_params
 
 RESULTS = PROJECT_ROOT / "bench" / "results" / "pipeline_time.json"
 GOAL_S = 60.0

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from emoflow import services
 from ml import data_registry
-from ml.config import PROJECT_ROOT, Settings, TrainParams
+from ml.config import PROJECT_ROOT, Settings
+from ml.params import TrainParams
 from ml.sample_data import generate
 from ml.scoring import score
 from ml.train import train

@@ -33,7 +33,8 @@ from pathlib import Path
 
 from machine import cpu_model
 
-from ml.config import PROJECT_ROOT, ValidateParams
+from ml.config import PROJECT_ROOT
+from ml.params import ValidateParams
 from ml.records import DatasetRef
 
 RESULTS = PROJECT_ROOT / "bench" / "results" / "validate_speed.json"

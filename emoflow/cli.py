@@ -18,7 +18,8 @@ from emoflow import revisions, runs, services
 from emoflow.airflow_api import AirflowApiError
 from emoflow.runs import DAG_ID
 from ml import data_registry
-from ml.config import ConfigError, Settings, load_params
+from ml.config import ConfigError, Settings
+from ml.params import load_params
 from ml.registry import RegistryError
 
 

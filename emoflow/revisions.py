@@ -20,8 +20,9 @@ from typing import Any
 
 from emoflow.airflow_api import DATASET_ASSET, AirflowApi
 from ml import data_registry
-from ml.config import Settings, load_params
+from ml.config import Settings
 from ml.data_registry import Revision
+from ml.params import load_params
 
 log = logging.getLogger("emoflow.revisions")
 

@@ -25,8 +25,9 @@ from datetime import UTC, datetime
 import httpx
 
 from ml import data_registry, registry
-from ml.config import Params, Settings, load_params
+from ml.config import Settings
 from ml.lineage import lineage_tags
+from ml.params import Params, load_params
 from ml.records import (
     DatasetRef,
     DriftResult,

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from ml import registry, scoring
-from ml.config import EMOTIONS, GateParams, Settings
+from ml.config import EMOTIONS, Settings
+from ml.params import GateParams
 from ml.records import DatasetRef, EvalResult, GateResult, ModelRef
 
 logger = logging.getLogger(__name__)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -64,12 +65,13 @@ class LabelStudioError(ValueError):
     """The export cannot be read; the message names the file, the task and what is wrong."""
 
 
-def to_canonical(export: Path, out: Path) -> dict[str, dict[str, int]]:
+def to_canonical(
+    export: Path, out: Path, emotion_id: Callable[[str], int]
+) -> dict[str, dict[str, int]]:
     """Write the annotated tasks of a Label Studio JSON export into `out` (canonical layout);
     returns images per split per emotion (``background``: annotated with no box, ``unlabelled``:
-    tasks left out because nobody annotated them)."""
-    from ml.layouts import canonical_emotion  # the same names and aliases as every layout
-
+    tasks left out because nobody annotated them). `emotion_id` maps a label to its class id
+    (`ml.layouts.canonical_emotion`: the same names and aliases as every layout)."""
     try:
         tasks = json.loads(Path(export).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -102,7 +104,7 @@ def to_canonical(export: Path, out: Path) -> dict[str, dict[str, int]]:
                 raise LabelStudioError(
                     f"{where}: a rectangle needs x, y, width, height and one label, got {value}"
                 ) from None
-            class_id = canonical_emotion(name)
+            class_id = emotion_id(name)
             ids.add(class_id)
             lines.append(f"{class_id} {x + w / 2:.6f} {y + h / 2:.6f} {w:.6f} {h:.6f}\n")
         images_dir, labels_dir = out / split / "images", out / split / "labels"

@@ -130,7 +130,7 @@ def to_canonical(source: Path, out: Path) -> dict[str, dict[str, int]]:
             from ml.label_studio import to_canonical as from_label_studio
 
             try:
-                counts = from_label_studio(source, tmp)
+                counts = from_label_studio(source, tmp, canonical_emotion)
             except LabelStudioError as exc:
                 raise LayoutError(str(exc)) from None
         elif layout == "class-folders":

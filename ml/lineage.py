@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
-from ml.config import PROJECT_ROOT, Params
+from ml.config import PROJECT_ROOT
+from ml.params import Params
 
 
 def code_commit() -> str:

@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 
 from ml import registry, yolo
-from ml.config import PROJECT_ROOT, Settings, TrainParams, resolve_device
+from ml.config import PROJECT_ROOT, Settings, resolve_device
 from ml.energy import EnergyMeter
+from ml.params import TrainParams
 from ml.records import DatasetRef, ReproduceResult, TrainResult
 
 log = logging.getLogger("emoflow.train")

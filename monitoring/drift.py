@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ml.config import DriftParams
+from ml.params import DriftParams
 from ml.records import DatasetRef, DriftResult
 from monitoring.evidently_report import CATEGORICAL, SEED, compare, json_default
 from monitoring.features import FEATURES

@@ -19,7 +19,7 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ml.config import DriftParams
+from ml.params import DriftParams
 from monitoring.features import FEATURES
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ml import label_studio
-from ml.config import EMOTIONS, LabellingParams
+from ml.config import EMOTIONS
 from ml.dataset_format import SPLITS, write_data_yaml
+from ml.params import LabellingParams
 from ml.records import LabellingBatch
 from monitoring.face_store import FaceStore
 

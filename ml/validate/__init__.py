@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ml.config import ValidateParams
+from ml.params import ValidateParams
 from ml.records import DatasetRef, ValidationResult
 from ml.validate.checkpoint import MAX_LINES, Finding, run_checkpoint
 from ml.validate.rules import RULES, Rule

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ml.config import ValidateParams
+from ml.params import ValidateParams
 from ml.records import DatasetRef
 from ml.validate.rules import RULES, TABLES, Rule
 

@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ml.config import EMOTIONS, ValidateParams
+from ml.config import EMOTIONS
+from ml.params import ValidateParams
 
 Table = Literal["splits", "images", "labels", "boxes", "classes"]
 TABLES: tuple[Table, ...] = ("splits", "images", "labels", "boxes", "classes")

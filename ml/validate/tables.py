@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
-from ml.config import EMOTIONS, ImageFormat
+from ml.config import EMOTIONS
+from ml.params import ImageFormat
 from ml.records import DatasetRef
 from ml.validate.rules import BOX_NUMBERS, TABLES
 

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from ml.config import PROJECT_ROOT, ConfigError, Params, Settings, load_params
+from ml.config import PROJECT_ROOT, ConfigError, Settings
+from ml.params import Params, load_params
 
 
 def test_project_params_file_loads_and_has_a_stable_digest():

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from ml import registry, sample_data
-from ml.config import GateParams
 from ml.dataset_format import list_images
 from ml.gate import gate, markdown, verdict, write_report
+from ml.params import GateParams
 from ml.records import DatasetRef, EvalResult, GateResult, ModelRef
 
 RECALL = {"happy": 0.90, "sad": 0.80, "fear": 0.70}

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from ml import sample_data, yolo
-from ml.config import EMOTIONS, GateParams
+from ml.config import EMOTIONS
 from ml.gate import verdict
+from ml.params import GateParams
 from ml.records import DatasetRef, EvalResult
 from ml.scoring import (
     ImageStats,

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ml.config import PROJECT_ROOT, TrainParams, load_params
+from ml.config import PROJECT_ROOT
+from ml.params import TrainParams, load_params
 from ml.train import TrainingError, base_model, data_imgsz
 
 

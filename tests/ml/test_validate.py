@@ -20,7 +20,8 @@ from urllib.parse import urlparse
 import pytest
 from PIL import Image
 
-from ml.config import PROJECT_ROOT, ValidateParams, load_params
+from ml.config import PROJECT_ROOT
+from ml.params import ValidateParams, load_params
 from ml.records import DatasetRef, ValidationResult
 from ml.sample_data import generate
 from ml.validate import (

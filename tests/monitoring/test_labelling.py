@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from ml import label_studio, layouts
-from ml.config import EMOTIONS, LabellingParams
+from ml.config import EMOTIONS
+from ml.params import LabellingParams
 from ml.sample_data import draw_face
 from monitoring.face_store import FaceStore
 from monitoring.labelling import export_batch, split_of

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 from ml import data_registry
-from ml.config import EMOTIONS, DriftParams, Params, Settings
+from ml.config import EMOTIONS, Settings
 from ml.data_registry import Revision
+from ml.params import DriftParams, Params
 from ml.records import DatasetRef, DriftResult, ModelRef, TrainResult
 from ml.sample_data import IMAGE_SIZE, draw_face, generate
 from monitoring.features import FEATURES

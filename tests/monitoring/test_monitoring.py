@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from ml.config import EMOTIONS, DriftParams
+from ml.config import EMOTIONS
+from ml.params import DriftParams
 from ml.records import DatasetRef, DriftResult
 from monitoring.features import COLUMNS, FEATURES, dataset_features, image_features
 

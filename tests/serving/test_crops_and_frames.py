@@ -20,7 +20,8 @@ from PIL import Image
 import serving.model
 from emoflow import services
 from ml import data_registry, registry
-from ml.config import EMOTIONS, Settings, TrainParams
+from ml.config import EMOTIONS, Settings
+from ml.params import TrainParams
 from ml.records import DatasetRef
 from ml.sample_data import Shift, compose_frame, generate
 from ml.train import train
