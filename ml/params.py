@@ -175,6 +175,17 @@ class DriftParams(_Section):
         description="Predictions the live-traffic check needs; fewer: no report (not enough "
         "traffic yet).",
     )
+    embedding_components: int = Field(
+        10, ge=1, le=256,
+        description="PCA components of the face embeddings the live check compares.",
+    )  # fmt: skip
+    embedding_threshold: float = Field(
+        0.6,
+        gt=0.5,
+        lt=1,
+        description="Live traffic has drifted when a classifier tells its face embeddings from "
+        "the training data's with at least this ROC AUC (0.5: indistinguishable).",
+    )
     keep_reports: int = Field(
         50, ge=1, description="Reports kept per folder (dataset drift, live drift), newest first."
     )

@@ -106,6 +106,7 @@ class DriftResult(Record):
     window_last: datetime | None = None
     window_rows: int | None = None
     model_version: int | None = None
+    embedding_score: float | None = None  # ROC AUC telling the face embeddings apart
 
 
 class PromoteResult(Record):

@@ -33,16 +33,19 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ml.params import DriftParams
 from ml.records import DatasetRef, DriftResult
+from monitoring.embedding_drift import with_components
 from monitoring.evidently_report import CATEGORICAL, SEED, compare, json_default
 from monitoring.features import FEATURES
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     import pandas
 
 log = logging.getLogger(__name__)
@@ -149,6 +152,7 @@ def check_live_drift(
     model_version: int | None,
     *,
     log_uri: str | None = None,
+    embed: Callable[[list[Path]], np.ndarray] | None = None,
 ) -> DriftResult:
     """Compare served traffic (prediction-log rows, `monitoring.prediction_table.read_predictions`)
     with the images of ``reference``, the revision the champion ``model_version`` trained on.
@@ -157,6 +161,12 @@ def check_live_drift(
     ``params.max_rows``); more than ``params.max_rows`` are sampled like dataset rows. Fewer
     than ``params.min_live_rows`` rows raise `DriftError` and write nothing. ``log_uri`` (where
     the rows were read, password hidden in messages) is named in that error and the summary.
+
+    `embed` (image files -> the champion's face embeddings, `ml.embedding.image_embeddings`)
+    adds the embeddings: the reference images are embedded, live rows carry theirs (column
+    ``embedding``; rows without one are left out), and the report scores the PCA components as
+    one embedding group. Drifted: the share of drifted columns reaches ``share_threshold``, or
+    the embedding score reaches ``embedding_threshold``.
     """
     import pandas as pd
 
@@ -185,20 +195,31 @@ def check_live_drift(
         f" up to {last:%Y-%m-%d %H:%M:%S} UTC" if last else ""
     )
     ref_label = f"{reference.revision} (training data of {model})"
+    components: tuple[str, ...] = ()
+    has_embeddings = "embedding" in cur_df.columns and cur_df["embedding"].notna().any()
+    if embed is not None and has_embeddings:
+        reference_embeddings = embed([Path(reference.path) / name for name in ref_df["file"]])
+        cur_df, ref_df, components = with_components(
+            cur_df, ref_df, reference_embeddings, params.embedding_components
+        )
     compared = compare(
         cur_df,
         ref_df,
         params,
         title=f"emoflow live drift: {cur_label} vs {ref_label}",
+        embedding_columns=components,
     )
-    share = compared["share"]
-    drifted = share >= params.share_threshold
+    share, embedding_score = compared["share"], compared["embedding_score"]
+    drifted = share >= params.share_threshold or (
+        embedding_score is not None and embedding_score >= params.embedding_threshold
+    )
     when = (last or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
     stem = f"live-{when}-vs-{safe_name(reference.revision)}"
     html_path = (Path(reports_dir) / LIVE_DIR / f"{stem}.html").resolve()
     result = DriftResult(
         drifted=drifted, share=share, reference=ref_label, html_path=html_path,
         window_first=first, window_last=last, window_rows=len(cur_df), model_version=model_version,
+        embedding_score=embedding_score,
     )  # fmt: skip
     versions: dict[str, int] = {}
     if "model_version" in cur_df.columns:
@@ -227,6 +248,9 @@ def check_live_drift(
             "rows": len(ref_df),
             "sampled": compared["ref_sampled"],
         },
+        "embedding_score": embedding_score,
+        "embedding_threshold": params.embedding_threshold,
+        "embedding_components": len(components),
         "share_threshold": params.share_threshold,
         "max_rows": params.max_rows,
         "min_live_rows": params.min_live_rows,

@@ -31,15 +31,25 @@ CATEGORICAL = ("emotion",)
 
 _DRIFTED_COLUMNS_COUNT = "evidently:metric_v2:DriftedColumnsCount"
 _VALUE_DRIFT = "evidently:metric_v2:ValueDrift"
+_EMBEDDINGS_DRIFT = "evidently:metric_v2:EmbeddingsDrift"
+EMBEDDINGS = "face"
+"""The name of the face-embedding group in the report."""
 
 
 def compare(
-    cur_df: pandas.DataFrame, ref_df: pandas.DataFrame, params: DriftParams, *, title: str
+    cur_df: pandas.DataFrame,
+    ref_df: pandas.DataFrame,
+    params: DriftParams,
+    *,
+    title: str,
+    embedding_columns: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Sample both sides, drop unusable features, run the report; `_run_report`'s summary plus
-    ``cur_sampled``, ``ref_sampled`` and ``dropped``."""
-    cur_sample = _sample(cur_df, params.max_rows)
-    ref_sample = _sample(ref_df, params.max_rows)
+    ``cur_sampled``, ``ref_sampled`` and ``dropped``. `embedding_columns` (face embedding
+    components on both sides, `monitoring.embedding_drift`) are scored as one embedding group
+    by Evidently's model method; the summary then has ``embedding_score`` (ROC AUC)."""
+    cur_sample = _sample(cur_df, params.max_rows, embedding_columns)
+    ref_sample = _sample(ref_df, params.max_rows, embedding_columns)
     numerical, dropped = _usable_numerical(cur_sample, ref_sample)
     summary = _run_report(
         cur_sample,
@@ -47,6 +57,8 @@ def compare(
         numerical=numerical,
         drift_share=params.share_threshold,
         title=title,
+        embedding_columns=list(embedding_columns),
+        embedding_threshold=params.embedding_threshold,
     )
     return {
         **summary,
@@ -56,10 +68,10 @@ def compare(
     }
 
 
-def _sample(df: pandas.DataFrame, max_rows: int) -> pandas.DataFrame:
+def _sample(df: pandas.DataFrame, max_rows: int, extra: tuple[str, ...] = ()) -> pandas.DataFrame:
     if len(df) > max_rows:
         df = df.sample(n=max_rows, random_state=SEED)
-    return df[[*FEATURES, *CATEGORICAL]].reset_index(drop=True)
+    return df[[*FEATURES, *CATEGORICAL, *extra]].reset_index(drop=True)
 
 
 def _usable_numerical(cur: pandas.DataFrame, ref: pandas.DataFrame) -> tuple[list[str], list[str]]:
@@ -81,33 +93,46 @@ def _run_report(
     numerical: list[str],
     drift_share: float,
     title: str,
+    embedding_columns: list[str] | None = None,
+    embedding_threshold: float = 0.55,
 ) -> dict[str, Any]:
-    """Run Evidently's DataDriftPreset; return its share, per-column verdicts and the HTML."""
+    """Run Evidently's DataDriftPreset (and, with `embedding_columns`, its embedding drift);
+    return the share, per-column verdicts, the embedding score and the HTML."""
     import evidently
     from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics.embeddings import EmbeddingsDrift, ModelDriftMethod
     from evidently.presets import DataDriftPreset
 
     columns = [*numerical, *CATEGORICAL]
+    embedding_columns = embedding_columns or []
     definition = DataDefinition(
-        numerical_columns=list(numerical), categorical_columns=list(CATEGORICAL)
+        numerical_columns=[*numerical, *embedding_columns],
+        categorical_columns=list(CATEGORICAL),
+        embeddings={EMBEDDINGS: embedding_columns} if embedding_columns else None,
     )
-    report = Report([DataDriftPreset(columns=columns, drift_share=drift_share)], include_tests=True)
+    metrics: list = [DataDriftPreset(columns=columns, drift_share=drift_share)]
+    if embedding_columns:
+        method = ModelDriftMethod(threshold=embedding_threshold, bootstrap=False)
+        metrics.append(EmbeddingsDrift(embeddings_name=EMBEDDINGS, drift_method=method))
+    report = Report(metrics, include_tests=True)
     with warnings.catch_warnings():
         # Constant columns make numpy warn (division by a zero std) inside Evidently.
         warnings.simplefilter("ignore", RuntimeWarning)
         snapshot = report.run(
-            Dataset.from_pandas(cur[columns], data_definition=definition),
-            Dataset.from_pandas(ref[columns], data_definition=definition),
+            Dataset.from_pandas(cur[columns + embedding_columns], data_definition=definition),
+            Dataset.from_pandas(ref[columns + embedding_columns], data_definition=definition),
         )
         html = snapshot.get_html_str(as_iframe=False)
     data = snapshot.dict()
 
-    share = count = None
+    share = count = embedding_score = None
     per_column: dict[str, dict[str, Any]] = {}
     by_id: dict[str, str] = {}
     for metric in data.get("metrics", []):
         config = metric.get("config", {})
-        if config.get("type") == _DRIFTED_COLUMNS_COUNT:
+        if config.get("type") == _EMBEDDINGS_DRIFT:
+            embedding_score = _float(metric.get("value"))
+        elif config.get("type") == _DRIFTED_COLUMNS_COUNT:
             share = float(metric["value"]["share"])
             count = int(metric["value"]["count"])
         elif config.get("type") == _VALUE_DRIFT:
@@ -133,6 +158,7 @@ def _run_report(
     return {
         "share": share,
         "count": count,
+        "embedding_score": embedding_score,
         "columns": [per_column[c] for c in columns if c in per_column],
         "html": _titled(html, title),
         "evidently": evidently.__version__,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from ml import data_registry
 from ml.config import EMOTIONS, Settings
@@ -279,3 +280,50 @@ def test_monitor_compares_the_newest_predictions_with_the_champions_data(
     assert summary["reference"]["rows"] == 100
     assert [p.name for p in (home / "workspaces").iterdir()] == [f"r1-{r1.digest[:12]}"]
     assert (home / "reports" / "index.html").is_file()
+
+
+def chroma_4x4(image: np.ndarray) -> np.ndarray:
+    """A stand-in for the champion's backbone embedding (that one needs a trained model: see
+    tests/ml/test_embedding.py): the mean colour (Cb, Cr) of a 4x4 grid, 32 numbers that see
+    what colour the faces are, which the grey-level image statistics do not."""
+    ycc = np.asarray(Image.fromarray(image).convert("YCbCr"), dtype=np.float32) / 255
+    return ycc[:, :, 1:].reshape(4, 24, 4, 24, 2).mean(axis=(1, 3)).reshape(-1)
+
+
+def other_colours(image: np.ndarray) -> np.ndarray:
+    """The same luma (so the same brightness, contrast and sharpness), the two colour channels
+    swapped: faces of other colours, as a new population or a new camera would bring."""
+    luma, cb, cr = Image.fromarray(image).convert("YCbCr").split()
+    return np.asarray(Image.merge("YCbCr", (luma, cr, cb)).convert("RGB"))
+
+
+def embed_files(paths: list[Path]) -> np.ndarray:
+    return np.stack([chroma_4x4(np.asarray(Image.open(p).convert("RGB"))) for p in paths])
+
+
+def test_faces_of_other_colours_are_seen_by_embeddings_not_by_image_statistics(
+    reference, tmp_path: Path
+):
+    cases = [
+        (other_colours(image), answer, route) for image, answer, route in traffic(120, seed=21)
+    ]
+    predictions = log_traffic(f"sqlite:///{tmp_path / 'log.db'}", cases)
+    predictions["embedding"] = [chroma_4x4(image) for image, _, _ in cases]
+
+    statistics_only = live_check(reference, predictions, tmp_path / "a")
+    with_embeddings = live_check(reference, predictions, tmp_path / "b", embed=embed_files)
+
+    assert not statistics_only.drifted and statistics_only.embedding_score is None
+    assert with_embeddings.drifted and with_embeddings.embedding_score >= 0.9
+    assert with_embeddings.share == statistics_only.share < 0.5
+    summary = json.loads(with_embeddings.html_path.with_suffix(".json").read_text())
+    assert summary["embedding_components"] == 10 and summary["embedding_threshold"] == 0.6
+
+
+def test_embeddings_of_traffic_like_the_training_data_do_not_drift(reference, tmp_path: Path):
+    cases = traffic(120, seed=22)
+    predictions = log_traffic(f"sqlite:///{tmp_path / 'log.db'}", cases)
+    predictions["embedding"] = [chroma_4x4(image) for image, _, _ in cases]
+
+    result = live_check(reference, predictions, tmp_path / "r", embed=embed_files)
+    assert not result.drifted and result.embedding_score < 0.6
