@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import inspect
 import logging
+import tempfile
 import typing
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 
@@ -200,14 +202,29 @@ def monitor(
     if champion is None:
         log.info("live drift: skipped, no champion yet (no training data to compare with)")
         return None
-    return check_live_drift(
-        champion_dataset(settings, champion),
-        predictions,
-        drift_params,
-        settings.reports_dir,
-        champion.version,
-        log_uri=settings.prediction_log,
-    )
+    with tempfile.TemporaryDirectory(prefix="champion-", dir=settings.home) as folder:
+        return check_live_drift(
+            champion_dataset(settings, champion),
+            predictions,
+            drift_params,
+            settings.reports_dir,
+            champion.version,
+            log_uri=settings.prediction_log,
+            embed=champion_embedder(settings, champion, Path(folder)),
+        )
+
+
+def champion_embedder(settings: Settings, champion: ModelRef, folder: Path):
+    """Image files -> the champion's face embeddings (its ONNX export's `embedding` output), or
+    None for a champion exported before that output existed."""
+    from ml.embedding import EMBEDDING_OUTPUT, has_embedding_output, image_embeddings
+
+    onnx_path = registry.download_onnx(settings, champion, folder)
+    if not has_embedding_output(onnx_path):
+        log.info("live drift: v%s has no %s output: image statistics only", champion.version,
+                 EMBEDDING_OUTPUT)  # fmt: skip
+        return None
+    return lambda paths: image_embeddings(onnx_path, paths)
 
 
 def alarm(live: DriftResult | None, *, settings: Settings | None = None) -> dict:

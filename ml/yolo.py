@@ -57,8 +57,14 @@ def _stage_font(config_dir: Path) -> None:
 
 
 def export_onnx(weights: Path, imgsz: int, config_dir: Path) -> Path:
-    """Export `weights` (a .pt file) to ONNX with a dynamic batch axis; returns the .onnx path."""
+    """Export `weights` (a .pt file) to ONNX with a dynamic batch axis; returns the .onnx path.
+
+    Besides ultralytics' own output (unchanged), the file gives `ml.embedding.EMBEDDING_OUTPUT`:
+    each image's backbone embedding (batch, C), for drift monitoring."""
+    from ml.embedding import add_embedding_output
+
     ultralytics = load(config_dir)
     model = ultralytics.YOLO(str(weights))
     exported = model.export(format="onnx", imgsz=imgsz, dynamic=True, simplify=True, verbose=False)
+    add_embedding_output(Path(exported))
     return Path(exported)

@@ -47,7 +47,13 @@ from prometheus_client import Counter
 
 from monitoring.face_store import FaceStore
 from monitoring.features import FEATURES, image_features
-from monitoring.prediction_table import add_missing_columns, engine_for, metadata, predictions
+from monitoring.prediction_table import (
+    add_missing_columns,
+    embedding_bytes,
+    engine_for,
+    metadata,
+    predictions,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     pass
@@ -83,6 +89,7 @@ class _Record:
     answer: dict[str, Any]
     route: str
     created_at: datetime
+    embedding: np.ndarray | None = None
 
 
 def _number(value: Any) -> float | None:
@@ -117,6 +124,7 @@ def _row(record: _Record) -> dict[str, Any]:
         **{name: _number(features[name]) for name in FEATURES},
         "scores": json.dumps(faces[0].get("scores"), default=float) if faces else None,
         "faces": json.dumps(faces, default=float),
+        "embedding": embedding_bytes(record.embedding),
     }
 
 
@@ -169,9 +177,16 @@ class PredictionLog:
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
-    def record(self, image: np.ndarray, answer: dict[str, Any], route: str) -> None:
-        """Queue one prediction (an (H, W, 3) uint8 RGB image and its answer); never blocks."""
-        item = _Record(image, answer, route, datetime.now(UTC))
+    def record(
+        self,
+        image: np.ndarray,
+        answer: dict[str, Any],
+        route: str,
+        embedding: np.ndarray | None = None,
+    ) -> None:
+        """Queue one prediction (an (H, W, 3) uint8 RGB image, its answer, and the model's
+        embedding (C,) of the image, if any); never blocks."""
+        item = _Record(image, answer, route, datetime.now(UTC), embedding)
         with self._lock:
             if (
                 not self._closed.is_set()

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from monitoring.features import FEATURES
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     import pandas
 
 SETTING = "EMOFLOW_PREDICTION_LOG_URI"
@@ -36,8 +37,13 @@ predictions = sa.Table(
     sa.Column("scores", sa.Text),  # JSON: the best face's {emotion: score}; NULL without a face
     sa.Column("faces", sa.Text, nullable=False),  # JSON: every face of the answer
     sa.Column("image_key", sa.String(32)),  # the image in the face store; NULL: not kept
+    sa.Column("embedding", sa.LargeBinary),  # the champion's image embedding, float32 bytes
 )  # fmt: skip
-"""The table, the same on SQLite and Postgres (double precision for every real number)."""
+"""The table, the same on SQLite and Postgres (double precision for every real number;
+``embedding``: the (C,) float32 embedding of `ml.embedding`, little-endian bytes, NULL for a
+model without one)."""
+
+EMBEDDING_DTYPE = "<f4"
 
 COLUMNS: tuple[str, ...] = tuple(column.name for column in predictions.columns)
 
@@ -91,12 +97,31 @@ def engine_for(uri: str) -> sa.Engine:
 
 
 def add_missing_columns(connection: sa.Connection) -> None:
-    """Columns added since a log's table was created (`image_key`): ALTER TABLE adds them."""
+    """Columns added since a log's table was created (`image_key`, `embedding`): ALTER TABLE
+    adds them."""
     have = {column["name"] for column in sa.inspect(connection).get_columns(TABLE)}
     for column in predictions.columns:
         if column.name not in have:
             kind = column.type.compile(dialect=connection.dialect)
             connection.execute(sa.text(f"ALTER TABLE {TABLE} ADD COLUMN {column.name} {kind}"))
+
+
+def embedding_bytes(embedding) -> bytes | None:
+    """An embedding as the column stores it: float32 little-endian bytes (None: NULL)."""
+    if embedding is None:
+        return None
+    import numpy as np
+
+    return np.ascontiguousarray(embedding, dtype=EMBEDDING_DTYPE).reshape(-1).tobytes()
+
+
+def embedding_array(value) -> np.ndarray | None:
+    """The column's bytes (bytes or memoryview, by driver) as a (C,) float32 array, or None."""
+    if value is None:
+        return None
+    import numpy as np
+
+    return np.frombuffer(bytes(value), dtype=EMBEDDING_DTYPE).astype(np.float32)
 
 
 def read_predictions(
@@ -107,8 +132,8 @@ def read_predictions(
 ) -> pandas.DataFrame:
     """The prediction log at `uri` as a table of `COLUMNS`, oldest first; only rows created in
     [`since`, `until`] when given, and of those the newest `limit`. ``created_at`` is UTC, NULL
-    features are NaN, ``scores`` and ``faces`` stay JSON text. A log with nothing written yet
-    gives an empty table."""
+    features are NaN, ``scores`` and ``faces`` stay JSON text, ``embedding`` holds (C,) float32
+    arrays, or None. A log with nothing written yet gives an empty table."""
     import pandas as pd
 
     engine = engine_for(uri)
@@ -132,6 +157,9 @@ def read_predictions(
         engine.dispose()
     frame = pd.DataFrame([tuple(row) for row in rows], columns=list(COLUMNS))
     frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+    frame["embedding"] = pd.Series(
+        [embedding_array(value) for value in frame["embedding"]], index=frame.index, dtype=object
+    )
     reals = ("confidence", *FEATURES)
     integers = ("id", "width", "height", "n_faces")
     return frame.astype(

@@ -34,6 +34,7 @@ import numpy as np
 from ml import registry
 from ml.config import Settings
 from ml.dataset_format import Letterbox, letterbox, to_tensor
+from ml.embedding import EMBEDDING_OUTPUT, Output, first_embedding
 from ml.records import ModelRef
 
 logger = logging.getLogger(__name__)
@@ -244,6 +245,10 @@ class Detector:
         options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
+        outputs = [output.name for output in self.session.get_outputs()]
+        # by name: the detections are ultralytics' first output; the embedding, where the export
+        # has one (ml.embedding), is asked for with them (a few hundred floats per row)
+        self.outputs = [outputs[0]] + ([EMBEDDING_OUTPUT] if EMBEDDING_OUTPUT in outputs else [])
         self.names, self.imgsz = _metadata(self.session, onnx_path)
         self.torch = torch_forward(weights, device) if weights is not None else None
         self.runtime = f"torch {device}" if self.torch else f"onnxruntime {providers[0]}"
@@ -259,16 +264,25 @@ class Detector:
         return Prepared(np.concatenate(rows), views, width, height)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """The raw model output (n, 4 + nc, N) of a stacked input (n, 3, h, w)."""
+        """The raw model output (n, 4 + nc, N) of a stacked input (n, 3, h, w): an `Output`
+        with each row's embedding where the ONNX export has one (see `embedding`)."""
         if self.torch is not None:
             return self.torch(batch)
-        return self.session.run(None, {self.input_name: batch})[0]
+        results = self.session.run(self.outputs, {self.input_name: batch})
+        return Output.of(results[0], results[1] if len(results) > 1 else None)
+
+    @staticmethod
+    def embedding(rows: np.ndarray) -> np.ndarray | None:
+        """The embedding (C,) float32 of an image, from its rows of `run`'s output (its first
+        view: the whole image), or None (an export without one, the torch runtime)."""
+        return first_embedding(rows)
 
     def faces(
         self, prepared: Prepared, output: np.ndarray, conf: float = 0.25, iou: float = 0.7,
         max_det: int = 300,
     ) -> list[Face]:  # fmt: skip
         """The faces in the model's output for `prepared`, most confident first."""
+        output = np.asarray(output)  # a plain array: `Output`'s bookkeeping has no use here
         found = []
         for view, rows in zip(prepared.views, output, strict=True):
             boxes, scores, classes = decode(rows, conf, iou, max_det)

@@ -190,7 +190,8 @@ class EmotionWorker:
                 rows = output[start : start + len(item.views)]
                 start += len(item.views)
                 answers.append(answer(served, image, detector.faces(item, rows)))
-                self.prediction_log.record(image, answers[-1], route)  # queued, written elsewhere
+                embedding = detector.embedding(rows)  # (C,) float32, or None
+                self.prediction_log.record(image, answers[-1], route, embedding)  # queued
             return answers
 
         return await asyncio.to_thread(finish)

@@ -281,3 +281,49 @@ def test_a_bad_uri_is_a_clear_error_at_start(uri: str) -> None:
         log.start()
     assert "expected sqlite:///" in str(error.value) and "postgresql://" in str(error.value)
     assert log.close() == 0
+
+
+def test_an_embedding_round_trips(log_uri: str) -> None:
+    """The model's embedding of each image comes back as the float32 array recorded; a
+    prediction recorded without one reads None."""
+    cases = make_predictions(9, seed=3)
+    rng = np.random.default_rng(3)
+    embeddings = [None if i % 4 == 1 else rng.standard_normal(256).astype(np.float32)
+                  for i in range(len(cases))]  # fmt: skip
+    embeddings[2] = embeddings[2].astype(np.float64)  # any real dtype is stored as float32
+    log = PredictionLog(log_uri, batch_size=4)
+    log.start()
+    for (image, answer, route), embedding in zip(cases, embeddings, strict=True):
+        log.record(image, answer, route, embedding)
+    assert log.close() == 0
+    frame = read_predictions(log_uri)
+    assert_logged(frame, cases)
+    assert frame["embedding"].isna().tolist() == [e is None for e in embeddings]
+    for got, want in zip(frame["embedding"], embeddings, strict=True):
+        if want is None:
+            assert got is None
+        else:
+            assert got.dtype == np.float32 and got.shape == (256,)
+            np.testing.assert_array_equal(got, want.astype(np.float32))
+
+
+def test_a_log_made_before_embeddings_gets_the_column(tmp_path: Path) -> None:
+    """A predictions table without ``embedding`` (an older emoflow's) is given it on the first
+    write; its old rows read None."""
+    path = tmp_path / "old.db"
+    uri = f"sqlite:///{path}"
+    first, second = make_predictions(2, seed=4)
+    log = PredictionLog(uri)
+    log.start()
+    log.record(*first)
+    assert log.close() == 0
+    with sqlite3.connect(path) as connection:
+        connection.execute("ALTER TABLE predictions DROP COLUMN embedding")
+    log = PredictionLog(uri)
+    log.start()
+    log.record(*second, embedding=np.arange(8, dtype=np.float32))
+    assert log.close() == 0
+    frame = read_predictions(uri)
+    assert_logged(frame, [first, second])
+    assert frame["embedding"].iloc[0] is None
+    np.testing.assert_array_equal(frame["embedding"].iloc[1], np.arange(8, dtype=np.float32))

@@ -518,6 +518,41 @@ def test_predict_batch_answers_in_order(
     assert answers[1] == single.json()
 
 
+def test_the_prediction_log_gets_each_image_embedding(
+    service_url: str, champion_settings: Settings, onnx_path: Path, drawn_image, png_bytes,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Every logged answer carries the champion's embedding of its image (the whole view), the
+    one `ml.embedding.image_embeddings` gives for the same file; the answer has none."""
+    from ml.embedding import EMBEDDING_OUTPUT, image_embeddings
+    from monitoring.prediction_table import read_predictions
+
+    sizes = [(131, 77), (71, 133), (401, 299)]  # sizes no other test sends; the last is tiled
+    images = [drawn_image(w, h, seed=40 + i) for i, (w, h) in enumerate(sizes)]
+    single = httpx.post(f"{service_url}/predict", **_upload(png_bytes(images[0]), "image/png"))
+    batch = httpx.post(f"{service_url}/predict/batch", **_batch(*map(png_bytes, images[1:])))
+    assert single.status_code == batch.status_code == 200, (single.text, batch.text)
+    assert EMBEDDING_OUTPUT not in single.json()
+    assert all(EMBEDDING_OUTPUT not in answer for answer in batch.json()["predictions"])
+    deadline, rows = time.monotonic() + 30, None
+    while time.monotonic() < deadline:  # the log writes off the request path
+        frame = read_predictions(champion_settings.prediction_log)
+        rows = frame[[(w, h) in sizes for w, h in zip(frame.width, frame.height, strict=True)]]
+        if len(rows) >= len(sizes):
+            break
+        time.sleep(0.3)
+    assert rows is not None and len(rows) == len(sizes)
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(image).save(paths[-1])
+    assert len(Detector(onnx_path).prepare(images[2]).views) > 1
+    expected = dict(zip(sizes, image_embeddings(onnx_path, paths), strict=True))
+    for width, height, vector in zip(rows.width, rows.height, rows.embedding, strict=True):
+        assert vector.dtype == np.float32 and vector.shape == (256,)  # yolov8n's SPPF channels
+        np.testing.assert_allclose(vector, expected[(width, height)], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     ("files", "status", "error", "index"),
     [
