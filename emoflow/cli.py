@@ -235,8 +235,8 @@ Done in {time.monotonic() - started:.0f} s. What is running and where to look:
   Bento service  {settings.service_url}  (POST /predict, /predict/batch; GET /health, /ready, /metrics, /docs)
   MLflow UI      {settings.mlflow_tracking_uri}  (model '{settings.model_name}', alias champion)
   Drift reports  file://{index}
-  Airflow UI     {settings.airflow_url}  (DAGs emotion_ct, emotion_monitor; login {settings.airflow_user},
-                 password in {settings.airflow_passwords_file})
+  Airflow UI     {settings.airflow_url}  (DAGs emotion_ct, emotion_monitor, emotion_labelling;
+                 login {settings.airflow_user}, password in {settings.airflow_passwords_file})
   Stop servers   .venv/bin/emoflow stop all""")
 
 
