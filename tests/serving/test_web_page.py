@@ -33,9 +33,9 @@ CHROMIUM_ARGS = [
 ]
 TIMEOUT_MS = 60_000  # one CPU inference takes well under a second; the machine may be busy
 
-BOX_RGB = np.array([0x00, 0xE0, 0xFF])  # BOX_COLOUR in serving/static/app.js
+BOX_RGB = np.array([0x00, 0xE0, 0xFF])  # BOX_COLOUR in serving/static/page.js
 TOLERANCE = 32  # per channel: screenshots of a scaled canvas blend edges
-LINE_PX = 3  # LINE_PX in app.js: the line lies inside the box, on screen pixels
+LINE_PX = 3  # LINE_PX in page.js: the line lies inside the box, on screen pixels
 LABEL_W, LABEL_H = 160, 26  # at least the size of a label "surprise 0.87" (FONT_PX 14)
 
 
