@@ -87,7 +87,7 @@ def _register_fixture_model(settings: Settings, weights: Path, onnx_path: Path) 
     dataset = DatasetRef(
         revision="test-fixture", commit="none", digest="none", path=weights.parent
     )  # an untrained model: it saw no data
-    return registry.register(train, dataset, {"source": "tests/test_serving.py"}, settings)
+    return registry.register(train, dataset, {"source": "tests/serving/test_serving.py"}, settings)
 
 
 def _champion_version(settings: Settings) -> int:

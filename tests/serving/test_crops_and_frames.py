@@ -27,6 +27,8 @@ from ml.sample_data import Shift, compose_frame, generate
 from ml.train import train
 from serving.model import Detector
 
+pytestmark = pytest.mark.slow  # trains a model for 12 epochs (left out by make test-fast)
+
 BATCHES = {"crop": 1.0, "mid": 0.6, "far": 0.4}  # file-name prefix -> face scale in the crop
 FRAMES, FACES_PER_FRAME = 12, 4
 
