@@ -46,6 +46,7 @@ def home_settings(root: Path, epochs: int) -> Settings:
     params = load_params(PROJECT_ROOT / "params.yaml").model_dump(by_alias=True)
     params["train"]["epochs"] = epochs
     params["schedule"]["fallback_cron"] = None
+    root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return Settings(
         _env_file=None, home=root / "home", params_file=root / "params.yaml",
@@ -107,7 +108,6 @@ def main() -> None:
                 update={"home": root / arm / "home", "data_repo": first.registry_repo,
                         "dvc_remote_url": first.remote_url}
             )  # fmt: skip
-        (root / arm).mkdir(parents=True, exist_ok=True)
         services.start(services.mlflow_server(settings), settings, timeout=240)
         try:
             arms[arm] = run(settings) if run else debug_run(settings)
