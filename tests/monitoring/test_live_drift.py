@@ -206,7 +206,9 @@ def register_trained_on(
         revision=revision.name, commit=revision.commit, digest=revision.digest,
         path=Path(settings.registry_repo) / data_registry.DATASET,
     )  # fmt: skip
-    return registry.register(train, dataset, {"source": "tests/monitoring/test_live_drift.py"}, settings)
+    return registry.register(
+        train, dataset, {"source": "tests/monitoring/test_live_drift.py"}, settings
+    )
 
 
 def test_monitor_skips_without_enough_traffic_or_a_champion(
