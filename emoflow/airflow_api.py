@@ -45,11 +45,21 @@ class AirflowApi:
     # ------------------------------------------------------------------ plumbing
 
     def is_up(self) -> bool:
-        """Whether the API server answers its health endpoint."""
+        """Whether an API server listens at the address. Only a refused or unanswered
+        connection means no: a busy server (a 2-core machine parsing DAGs) can take well over
+        a few seconds to answer, and is up all the same."""
         try:
-            return httpx.get(f"{self.base}/api/v2/monitor/health", timeout=3).status_code == 200
-        except httpx.HTTPError:
+            response = httpx.get(
+                f"{self.base}/api/v2/monitor/health", timeout=httpx.Timeout(self.timeout, connect=5)
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout):
             return False
+        except httpx.HTTPError as exc:
+            raise AirflowApiError(
+                f"Airflow at {self.base} accepted a connection but did not answer its health "
+                f"check ({type(exc).__name__})"
+            ) from None
+        return response.status_code == 200
 
     def health(self) -> dict[str, Any]:
         return self._request("GET", "/api/v2/monitor/health", auth=False)

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from emoflow.airflow_api import DATASET_ASSET, AirflowApi
+from emoflow.airflow_api import DATASET_ASSET, AirflowApi, AirflowApiError
 from ml import data_registry
 from ml.config import Settings
 from ml.data_registry import Revision
@@ -54,12 +54,18 @@ def event_extra(revision: Revision) -> dict[str, str]:
 def announce(settings: Settings, revision: Revision) -> str:
     """Send the asset event for `revision` if Airflow is up; say what happened."""
     api = AirflowApi(settings)
-    if not api.is_up():
+    try:
+        if not api.is_up():
+            return (
+                f"Airflow is not running at {settings.airflow_url}: {revision.name} starts "
+                "emotion_ct when emoflow next starts Airflow"
+            )
+        api.emit_asset_event(DATASET_ASSET, event_extra(revision))
+    except AirflowApiError as exc:
         return (
-            f"Airflow is not running at {settings.airflow_url}: {revision.name} starts "
-            "emotion_ct when emoflow next starts Airflow"
+            f"{revision.name} is recorded but not announced to Airflow ({exc}): "
+            "`emoflow start airflow` announces it"
         )
-    api.emit_asset_event(DATASET_ASSET, event_extra(revision))
     return f"announced {revision.name} to Airflow (asset {DATASET_ASSET}): emotion_ct will run"
 
 

@@ -66,7 +66,8 @@ def cycle(tmp_path_factory, make_settings):
     try:
         emoflow(env, "start", "airflow")
         since = datetime.now(UTC)
-        emoflow(env, "data", "init", "--sample")  # records r1 and announces it: nothing else
+        recorded = emoflow(env, "data", "init", "--sample")  # records r1 and announces it
+        assert "announced r1" in recorded.stdout, recorded.stdout  # nothing else starts the run
         run_id = runs.wait_for_new_run(settings, since, timeout=120)
         echoed: list[str] = []
         runs.follow(settings, run_id, timeout=1200, echo=echoed.append)

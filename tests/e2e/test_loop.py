@@ -103,7 +103,8 @@ def test_drift_labelling_and_retraining_close_the_loop(tmp_path, make_settings):
     try:
         emoflow(env, "start", "airflow")
         since = datetime.now(UTC)
-        emoflow(env, "data", "init", "--sample")
+        recorded = emoflow(env, "data", "init", "--sample")
+        assert "announced r1" in recorded, recorded
         runs.follow(settings, runs.wait_for_new_run(settings, since, 120), 900, lambda _: None)
         assert registry.version_by_alias(settings, registry.CHAMPION).version == 1
         services.start(services.bento_service(settings), settings, timeout=300)

@@ -4,16 +4,19 @@ recorded when the run was created; never "whatever is newest now"."""
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from airflow.sdk.exceptions import AirflowSkipException
 from PIL import Image
 
-from emoflow.revisions import run_revision
+from emoflow.airflow_api import AirflowApi
+from emoflow.revisions import announce, run_revision
 from ml import data_registry
 from ml.dataset_format import write_data_yaml
 
@@ -91,3 +94,55 @@ def test_a_scheduled_run_with_no_data_yet_is_skipped(tmp_path, make_settings):
     settings = make_settings(tmp_path / "home")
     with pytest.raises(AirflowSkipException, match="no data revision recorded yet"):
         run_revision(context(datetime.now(UTC)), settings)
+
+
+class SlowHealth(BaseHTTPRequestHandler):
+    """An API server busy for `delay` seconds before each answer (Airflow's, parsing DAGs on two
+    cores, can be); its health check says healthy, every other route answers 503."""
+
+    delay = 0.0
+
+    def do_GET(self):
+        time.sleep(self.delay)
+        self.send_response(200 if self.path.startswith("/api/v2/monitor/health") else 503)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    do_POST = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def slow_airflow(make_settings, tmp_path):
+    def serve(delay: float, **overrides):
+        server = ThreadingHTTPServer(
+            ("127.0.0.1", 0), type("Slow", (SlowHealth,), {"delay": delay})
+        )
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        port = server.server_address[1]
+        return make_settings(tmp_path / "home", airflow_port=port, **overrides)
+
+    servers: list[ThreadingHTTPServer] = []
+    yield serve
+    for server in servers:
+        server.shutdown()
+
+
+def test_a_busy_airflow_is_up_and_a_missing_one_is_not(
+    slow_airflow, make_settings, tmp_path, free_port
+):
+    assert AirflowApi(slow_airflow(delay=4)).is_up()  # longer than a plain health timeout
+    assert not AirflowApi(make_settings(tmp_path / "none", airflow_port=free_port())).is_up()
+
+
+def test_an_announcement_that_fails_says_the_revision_waits_for_the_next_start(
+    slow_airflow, tmp_path, recorded
+):
+    settings = slow_airflow(delay=0, airflow_password="x")  # its token call fails: 503
+    message = announce(settings, recorded[1])
+    assert message.startswith(f"{recorded[1].name} is recorded but not announced to Airflow")
+    assert "answered 503" in message and "`emoflow start airflow` announces it" in message
