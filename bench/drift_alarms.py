@@ -37,7 +37,7 @@ from machine import cpu_model
 from PIL import Image
 
 from emoflow import services
-from emoflow.steps import champion_embedder
+from emoflow.steps import champion_answers
 from ml import data_registry, registry
 from ml.config import EMOTIONS, PROJECT_ROOT, Settings
 from ml.params import DriftParams, TrainParams
@@ -125,13 +125,18 @@ def main() -> None:
         model = registry.register(trained, reference, {"git_commit": "bench"}, settings)
         registry.promote(settings, model.version, "bench")
         train_s = time.monotonic() - started
-        embed = champion_embedder(settings, model, root / "champion")
+        answer = champion_answers(settings, model, root / "champion")
         cache: dict = {}
 
-        def embed_once(paths):  # the reference side is the same every window
+        def answered(paths):  # the reference side is the same every window
             key = tuple(paths)
-            cache.setdefault(key, embed(paths))
+            cache.setdefault(key, answer(paths))
             return cache[key]
+
+        arms = {
+            "statistics": lambda paths: answered(paths).assign(embedding=None),
+            "embeddings": answered,
+        }
 
         services.start(services.bento_service(settings), settings, timeout=300)
         sent = 0
@@ -142,8 +147,10 @@ def main() -> None:
             sent += args.window
             rows = newest(settings, args.window, sent)
             verdicts = {}
-            for arm, how in (("statistics", None), ("embeddings", embed_once)):
-                result = check_live_drift(reference, rows, params, root / "reports", 1, embed=how)
+            for arm, answers in arms.items():
+                result = check_live_drift(
+                    reference, rows, params, root / "reports", 1, answers=answers
+                )
                 verdicts[arm] = result.drifted
             return verdicts
 

@@ -210,21 +210,41 @@ def monitor(
             settings.reports_dir,
             champion.version,
             log_uri=settings.prediction_log,
-            embed=champion_embedder(settings, champion, Path(folder)),
+            answers=champion_answers(settings, champion, Path(folder)),
         )
 
 
-def champion_embedder(settings: Settings, champion: ModelRef, folder: Path):
-    """Image files -> the champion's face embeddings (its ONNX export's `embedding` output), or
-    None for a champion exported before that output existed."""
-    from ml.embedding import EMBEDDING_OUTPUT, has_embedding_output, image_embeddings
+def champion_answers(settings: Settings, champion: ModelRef, folder: Path):
+    """Image files -> the champion's answer for each, as the service gives and logs it (its
+    ONNX export through `serving.model.Detector`, the first face's box, emotion and confidence,
+    the face embedding where the export has that output): the table
+    `monitoring.drift.check_live_drift` compares live answers with."""
+    import pandas as pd
 
-    onnx_path = registry.download_onnx(settings, champion, folder)
-    if not has_embedding_output(onnx_path):
-        log.info("live drift: v%s has no %s output: image statistics only", champion.version,
-                 EMBEDDING_OUTPUT)  # fmt: skip
-        return None
-    return lambda paths: image_embeddings(onnx_path, paths)
+    from ml.embedding import read_rgb
+    from monitoring.drift import ANSWER_COLUMNS
+    from monitoring.features import NO_LABEL_EMOTION, normalised_box
+    from serving.model import Detector
+
+    detector = Detector(registry.download_onnx(settings, champion, folder))
+
+    def answer(path: Path) -> dict:
+        image = read_rgb(path)
+        prepared = detector.prepare(image)
+        output = detector.run(prepared.batch)
+        faces = detector.faces(prepared, output)
+        nan = float("nan")
+        cx, cy, w, h = (nan,) * 4
+        if faces:
+            cx, cy, w, h = normalised_box(faces[0].box, prepared.width, prepared.height)
+        return {
+            "face_width": w, "face_height": h, "face_cx": cx, "face_cy": cy,
+            "emotion": faces[0].emotion if faces else NO_LABEL_EMOTION,
+            "confidence": faces[0].confidence if faces else nan,
+            "embedding": detector.embedding(output),
+        }  # fmt: skip
+
+    return lambda paths: pd.DataFrame([answer(path) for path in paths], columns=ANSWER_COLUMNS)
 
 
 def alarm(live: DriftResult | None, *, settings: Settings | None = None) -> dict:

@@ -20,10 +20,15 @@ The report itself (row sampling, the columns compared, Evidently's run) is built
 
 ``check_live_drift(reference, predictions, params, reports_dir, model_version)`` runs the same
 report on live traffic: the rows of the prediction log (`monitoring.prediction_log`, whose image
-features are the same `FEATURES`; the categorical ``emotion`` is the predicted one, ``"none"``
-for an image without a face) against every image of ``reference`` (the champion's training
-revision). It writes ``reports_dir/live/live-<time of the newest prediction>-vs-<reference>``
-``.html`` and ``.json`` the same way (a re-run over the same traffic replaces its report) and
+features are the same `FEATURES`; the face box, the categorical ``emotion`` and its
+``confidence`` are the answered ones, emotion ``"none"`` for an image without a face) against
+every image of ``reference`` (the champion's training revision). Answers are compared with
+answers: given the champion's answers for the reference images (`answers`), the reference's
+face box and emotion are the champion's, not the labels, and its confidence is compared too;
+so a model that is wrong in its own steady way (boxes a little small, one class too often) does
+not make every window look drifted. It writes
+``reports_dir/live/live-<time of the newest prediction>-vs-<reference>.html`` and ``.json`` the
+same way (a re-run over the same traffic replaces its report) and
 refreshes the index, where live reports have their own section.
 """
 
@@ -38,6 +43,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ml.params import DriftParams
 from ml.records import DatasetRef, DriftResult
 from monitoring.embedding_drift import with_components
@@ -45,7 +52,6 @@ from monitoring.evidently_report import CATEGORICAL, SEED, compare, json_default
 from monitoring.features import FEATURES
 
 if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
     import pandas
 
 log = logging.getLogger(__name__)
@@ -54,6 +60,12 @@ DRIFT_DIR = "drift"
 REPORT_KIND = "dataset-drift"
 LIVE_DIR = "live"
 LIVE_REPORT_KIND = "live-drift"
+
+
+ANSWER_COLUMNS = ("face_width", "face_height", "face_cx", "face_cy", "emotion", "confidence",
+                  "embedding")  # fmt: skip
+"""The table `check_live_drift`'s `answers` gives: one row per image, box NaN and emotion
+``"none"`` where no face was found, ``embedding`` an array or None."""
 
 
 class DriftError(ValueError):
@@ -152,7 +164,7 @@ def check_live_drift(
     model_version: int | None,
     *,
     log_uri: str | None = None,
-    embed: Callable[[list[Path]], np.ndarray] | None = None,
+    answers: Callable[[list[Path]], pandas.DataFrame] | None = None,
 ) -> DriftResult:
     """Compare served traffic (prediction-log rows, `monitoring.prediction_table.read_predictions`)
     with the images of ``reference``, the revision the champion ``model_version`` trained on.
@@ -162,11 +174,14 @@ def check_live_drift(
     than ``params.min_live_rows`` rows raise `DriftError` and write nothing. ``log_uri`` (where
     the rows were read, password hidden in messages) is named in that error and the summary.
 
-    `embed` (image files -> the champion's face embeddings, `ml.embedding.image_embeddings`)
-    adds the embeddings: the reference images are embedded, live rows carry theirs (column
-    ``embedding``; rows without one are left out), and the report scores the PCA components as
-    one embedding group. Drifted: the share of drifted columns reaches ``share_threshold``, or
-    the embedding score reaches ``embedding_threshold``.
+    `answers` (image files -> the champion's answer for each, a table with the columns
+    `ANSWER_COLUMNS`, as the service would answer and log them: `emoflow.steps.champion_answers`)
+    makes the reference side the champion's answers (see the module's docstring). Its
+    ``embedding`` column (the champion's face embedding, None where the model has none) adds
+    the embeddings: live rows carry theirs (column ``embedding``; rows without one are left
+    out), and the report scores the PCA components as one embedding group. Drifted: the share of
+    drifted columns reaches ``share_threshold``, or the embedding score reaches
+    ``embedding_threshold``.
     """
     import pandas as pd
 
@@ -196,12 +211,15 @@ def check_live_drift(
     )
     ref_label = f"{reference.revision} (training data of {model})"
     components: tuple[str, ...] = ()
-    has_embeddings = "embedding" in cur_df.columns and cur_df["embedding"].notna().any()
-    if embed is not None and has_embeddings:
-        reference_embeddings = embed([Path(reference.path) / name for name in ref_df["file"]])
-        cur_df, ref_df, components = with_components(
-            cur_df, ref_df, reference_embeddings, params.embedding_components
-        )
+    if answers is not None:
+        answered = answers([Path(reference.path) / name for name in ref_df["file"]])
+        ref_df = ref_df.assign(**{c: answered[c].to_numpy() for c in ANSWER_COLUMNS[:-1]})
+        has_embeddings = "embedding" in cur_df.columns and cur_df["embedding"].notna().any()
+        if has_embeddings and answered["embedding"].notna().all():
+            reference_embeddings = np.stack(answered["embedding"].to_list())
+            cur_df, ref_df, components = with_components(
+                cur_df, ref_df, reference_embeddings, params.embedding_components
+            )
     compared = compare(
         cur_df,
         ref_df,
@@ -242,6 +260,7 @@ def check_live_drift(
         },
         "reference": {
             "revision": reference.revision,
+            "faces": f"answered by {model}" if answers is not None else "as labelled",
             "digest": reference.digest,
             "commit": reference.commit,
             "data": f"{reference.revision} all splits",

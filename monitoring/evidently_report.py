@@ -2,8 +2,9 @@
 
 `compare(cur_df, ref_df, params, title=...)` samples at most ``params.max_rows`` rows of each
 side (with the fixed `SEED`, so that a re-run of the same inputs gives the same report), keeps
-the columns Evidently can compare (the numerical `monitoring.features.FEATURES` that have a
-value on both sides, and the categorical `CATEGORICAL`), runs Evidently's ``DataDriftPreset``
+the columns Evidently can compare (the numerical `monitoring.features.FEATURES`, and
+`ANSWERED` where both sides are answers, that have a value on both sides, and the categorical
+`CATEGORICAL`), runs Evidently's ``DataDriftPreset``
 and returns its share of drifted columns (Evidently's own ``DriftedColumnsCount``), the
 per-column scores and verdicts, and the HTML page, titled with what was compared.
 `json_default` encodes the numpy scalars and paths of a report's summary as JSON.
@@ -28,6 +29,9 @@ if TYPE_CHECKING:  # pragma: no cover
 SEED = 0
 """Seed of the row sampling, so that a re-run of the same inputs gives the same report."""
 CATEGORICAL = ("emotion",)
+ANSWERED = ("confidence",)
+"""Numerical columns only answers have (live traffic, and a reference the champion answered):
+compared when both sides have them."""
 
 _DRIFTED_COLUMNS_COUNT = "evidently:metric_v2:DriftedColumnsCount"
 _VALUE_DRIFT = "evidently:metric_v2:ValueDrift"
@@ -71,14 +75,17 @@ def compare(
 def _sample(df: pandas.DataFrame, max_rows: int, extra: tuple[str, ...] = ()) -> pandas.DataFrame:
     if len(df) > max_rows:
         df = df.sample(n=max_rows, random_state=SEED)
-    return df[[*FEATURES, *CATEGORICAL, *extra]].reset_index(drop=True)
+    answered = [name for name in ANSWERED if name in df.columns]
+    return df[[*FEATURES, *answered, *CATEGORICAL, *extra]].reset_index(drop=True)
 
 
 def _usable_numerical(cur: pandas.DataFrame, ref: pandas.DataFrame) -> tuple[list[str], list[str]]:
-    """Features with at least one value on both sides (Evidently refuses an all-NaN column:
-    ``ValueError: An empty column 'face_cx' was provided``), and those left out."""
+    """Features (and `ANSWERED` columns both sides have) with at least one value on both sides
+    (Evidently refuses an all-NaN column: ``ValueError: An empty column 'face_cx' was
+    provided``), and those left out."""
     usable, dropped = [], []
-    for name in FEATURES:
+    answered = [name for name in ANSWERED if name in cur.columns and name in ref.columns]
+    for name in (*FEATURES, *answered):
         if cur[name].notna().any() and ref[name].notna().any():
             usable.append(name)
         else:

@@ -112,6 +112,15 @@ def emotion_name(class_id: int) -> str:
     return EMOTIONS[class_id] if 0 <= class_id < len(EMOTIONS) else NO_LABEL_EMOTION
 
 
+def normalised_box(
+    xyxy: Sequence[float], width: int, height: int
+) -> tuple[float, float, float, float]:
+    """A box in pixels (x1, y1, x2, y2) as the YOLO label of an image `width` x `height` gives
+    it: (cx, cy, w, h) in [0, 1]."""
+    x1, y1, x2, y2 = (float(v) for v in xyxy)
+    return ((x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height)
+
+
 def dataset_features(root: Path, splits: Sequence[str] = SPLITS) -> pandas.DataFrame:
     """One row per image of a YOLO-layout folder, columns `COLUMNS`.
 

@@ -46,7 +46,7 @@ import sqlalchemy as sa
 from prometheus_client import Counter
 
 from monitoring.face_store import FaceStore
-from monitoring.features import FEATURES, image_features
+from monitoring.features import FEATURES, image_features, normalised_box
 from monitoring.prediction_table import (
     add_missing_columns,
     embedding_bytes,
@@ -107,10 +107,7 @@ def _row(record: _Record) -> dict[str, Any]:
     answer = record.answer
     faces = answer.get("faces") or []
     width, height = int(answer["width"]), int(answer["height"])
-    box = None
-    if faces:
-        x1, y1, x2, y2 = (float(v) for v in faces[0]["box"])
-        box = ((x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height)
+    box = normalised_box(faces[0]["box"], width, height) if faces else None
     features = image_features(Image.fromarray(record.image), box)
     return {
         "created_at": record.created_at,

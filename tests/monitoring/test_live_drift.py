@@ -12,19 +12,22 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
 from ml import data_registry
 from ml.config import EMOTIONS, Settings
 from ml.data_registry import Revision
+from ml.dataset_format import label_path
 from ml.params import DriftParams, Params
 from ml.records import DatasetRef, DriftResult, ModelRef, TrainResult
 from ml.sample_data import IMAGE_SIZE, draw_face, generate
-from monitoring.features import FEATURES
+from monitoring.features import FEATURES, first_box
 from monitoring.prediction_log import PredictionLog
 from monitoring.prediction_table import read_predictions
 
@@ -68,8 +71,9 @@ def traffic(
     return cases
 
 
-def log_traffic(uri: str, cases: list[tuple[np.ndarray, dict, str]]):
-    """Record `cases` through the real prediction log and read them back."""
+def log_traffic(uri: str, cases: list[tuple]):
+    """Record `cases` ((image, answer, route[, embedding])) through the real prediction log
+    and read them back."""
     log = PredictionLog(uri)
     log.start()
     for case in cases:
@@ -182,11 +186,46 @@ def live_settings(home: Path, mlflow_settings: Settings, model_name: str) -> Set
     )  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def untrained_export(tmp_path_factory, untrained_weights, reference) -> Path:
+    """An untrained YOLOv8n (batch norm fitted on the reference faces), exported as emoflow's
+    training step exports: a champion whose answers are its own, and which has an embedding."""
+    from ml import yolo
+
+    folder = tmp_path_factory.mktemp("untrained")
+    images = reference.path / "train" / "images"
+    faces = np.stack(
+        [np.asarray(Image.open(p).convert("RGB")) for p in sorted(images.glob("*"))[:8]]
+    )
+    return yolo.export_onnx(
+        untrained_weights(faces, folder / "best.pt", folder), IMAGE_SIZE, folder
+    )
+
+
+def answered_by(onnx_path: Path, cases: list[tuple[np.ndarray, dict, str]]):
+    """The same images, answered (and embedded) by the model at `onnx_path` as the service
+    answers them: (image, answer, route, embedding)."""
+    from serving.model import Detector
+
+    detector = Detector(onnx_path)
+    out = []
+    for image, answer, route in cases:
+        prepared = detector.prepare(image)
+        output = detector.run(prepared.batch)
+        faces = [vars(face) for face in detector.faces(prepared, output)]
+        top = faces[0] if faces else {}
+        answer = {**answer, "faces": faces, "emotion": top.get("emotion"),
+                  "confidence": top.get("confidence")}  # fmt: skip
+        out.append((image, answer, route, detector.embedding(output)))
+    return out
+
+
 def register_trained_on(
-    settings: Settings, revision: Revision, folder: Path, tiny_onnx
+    settings: Settings, revision: Revision, folder: Path, onnx_file: Path
 ) -> ModelRef:
-    """A run with model files logged in the real MLflow server and registered as a new version
-    of `settings.model_name`, trained (its tags say) on the data revision `revision`."""
+    """A run with model files (`onnx_file` as its ONNX export) logged in the real MLflow server
+    and registered as a new version of `settings.model_name`, trained (its tags say) on the
+    data revision `revision`."""
     import mlflow
 
     from ml import registry
@@ -197,7 +236,7 @@ def register_trained_on(
     weights = folder / "best.pt"
     weights.write_bytes(b"weights trained on " + revision.name.encode())
     with mlflow.start_run() as run:
-        model_uri = registry.log_model_files(weights, tiny_onnx(folder / "best.onnx"))
+        model_uri = registry.log_model_files(weights, shutil.copy(onnx_file, folder / "best.onnx"))
     train = TrainResult(
         run_id=run.info.run_id, model_uri=model_uri, weights=weights, onnx=folder / "best.onnx",
         metrics={"map50": 0.5}, device="cpu", seconds=0.0, imgsz=IMAGE_SIZE,
@@ -243,7 +282,7 @@ def test_monitor_skips_without_enough_traffic_or_a_champion(
 
 
 def test_monitor_compares_the_newest_predictions_with_the_champions_data(
-    tiny_onnx, reference, tmp_path: Path, mlflow_settings: Settings
+    untrained_export, tiny_onnx, reference, tmp_path: Path, mlflow_settings: Settings
 ):
     from emoflow import steps
     from ml import registry
@@ -257,14 +296,17 @@ def test_monitor_compares_the_newest_predictions_with_the_champions_data(
     r2 = data_registry.add_batch(settings, more, "drawn faces, seed 5")
     assert (r1.name, r2.name) == ("r1", "r2")
     # The champion, v1, was trained on r1; a newer challenger, v2, on r2 (the latest revision).
-    champion = register_trained_on(settings, r1, tmp_path / "v1", tiny_onnx)
-    challenger = register_trained_on(settings, r2, tmp_path / "v2", tiny_onnx)
+    champion = register_trained_on(settings, r1, tmp_path / "v1", untrained_export)
+    challenger = register_trained_on(settings, r2, tmp_path / "v2", tiny_onnx(tmp_path / "t.onnx"))
     assert (champion.version, challenger.version) == (1, 2)
     assert registry.promote(settings, champion.version, "test fixture").champion == 1
     tags = registry.client(settings).get_model_version(settings.model_name, "1").tags
     assert tags["data_revision"] == "r1"
     assert not (home / "workspaces").exists()  # nothing pulled yet: monitor must pull r1
-    log_traffic(f"sqlite:///{tmp_path / 'log.db'}", traffic(40, seed=12))
+    # traffic like r1, answered by the champion (as the service would)
+    log_traffic(
+        f"sqlite:///{tmp_path / 'log.db'}", answered_by(untrained_export, traffic(40, seed=12))
+    )
 
     result = steps.monitor(settings=settings, params=LIVE_PARAMS)
 
@@ -280,6 +322,9 @@ def test_monitor_compares_the_newest_predictions_with_the_champions_data(
     assert summary["reference"]["commit"] == r1.commit
     assert summary["reference"]["digest"] == r1.digest
     assert summary["reference"]["rows"] == 100
+    # the reference is what the champion answers for r1's faces, embeddings included
+    assert summary["reference"]["faces"] == "answered by model v1"
+    assert summary["embedding_components"] == 10 and result.embedding_score is not None
     assert [p.name for p in (home / "workspaces").iterdir()] == [f"r1-{r1.digest[:12]}"]
     assert (home / "reports" / "index.html").is_file()
 
@@ -299,8 +344,34 @@ def other_colours(image: np.ndarray) -> np.ndarray:
     return np.asarray(Image.merge("YCbCr", (luma, cr, cb)).convert("RGB"))
 
 
-def embed_files(paths: list[Path]) -> np.ndarray:
-    return np.stack([chroma_4x4(np.asarray(Image.open(p).convert("RGB"))) for p in paths])
+def steady_error(box: tuple[float, ...], class_id: int) -> tuple[tuple[float, ...], str]:
+    """A model wrong in its own steady way: boxes 30 % smaller and 0.05 higher than the face,
+    and only two emotions (happy for even class ids, sad for odd)."""
+    cx, cy, w, h = box
+    return (cx, cy - 0.05, w * 0.7, h * 0.7), EMOTIONS[4 if class_id % 2 == 0 else 6]
+
+
+def answered(paths: list[Path], model=None, embed=chroma_4x4) -> pd.DataFrame:
+    """What `check_live_drift`'s `answers` gives (`emoflow.steps.champion_answers` runs the
+    champion: see the monitor test above), here from each image's label: the answers of a
+    perfect model (confidence 0.9, as `traffic`'s), or of `model` (`steady_error`, confidence
+    spread over 0.4-0.9), with `embed`'s embedding."""
+    rows = []
+    for i, path in enumerate(paths):
+        class_id, box = first_box(label_path(path))
+        emotion = EMOTIONS[class_id]
+        if model is not None:
+            box, emotion = model(box, class_id)
+        cx, cy, w, h = box
+        rows.append({"face_width": w, "face_height": h, "face_cx": cx, "face_cy": cy,
+                     "emotion": emotion, "confidence": confidence(i) if model else 0.9,
+                     "embedding": embed(np.asarray(Image.open(path).convert("RGB")))
+                     if embed else None})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def confidence(i: int) -> float:
+    return float(np.random.default_rng([5, i]).uniform(0.4, 0.9))
 
 
 def test_faces_of_other_colours_are_seen_by_embeddings_not_by_image_statistics(
@@ -312,8 +383,9 @@ def test_faces_of_other_colours_are_seen_by_embeddings_not_by_image_statistics(
     predictions = log_traffic(f"sqlite:///{tmp_path / 'log.db'}", cases)
     predictions["embedding"] = [chroma_4x4(image) for image, _, _ in cases]
 
-    statistics_only = live_check(reference, predictions, tmp_path / "a")
-    with_embeddings = live_check(reference, predictions, tmp_path / "b", embed=embed_files)
+    no_embedding = lambda paths: answered(paths, embed=None)  # noqa: E731
+    statistics_only = live_check(reference, predictions, tmp_path / "a", answers=no_embedding)
+    with_embeddings = live_check(reference, predictions, tmp_path / "b", answers=answered)
 
     assert not statistics_only.drifted and statistics_only.embedding_score is None
     assert with_embeddings.drifted and with_embeddings.embedding_score >= 0.9
@@ -327,5 +399,40 @@ def test_embeddings_of_traffic_like_the_training_data_do_not_drift(reference, tm
     predictions = log_traffic(f"sqlite:///{tmp_path / 'log.db'}", cases)
     predictions["embedding"] = [chroma_4x4(image) for image, _, _ in cases]
 
-    result = live_check(reference, predictions, tmp_path / "r", embed=embed_files)
+    result = live_check(reference, predictions, tmp_path / "r", answers=answered)
     assert not result.drifted and result.embedding_score < 0.6
+
+
+def test_answers_are_compared_with_the_champions_answers_not_with_the_labels(
+    reference, tmp_path: Path
+):
+    """Traffic like the training data, answered by a model wrong in its steady way: against
+    the labels its boxes and emotions look drifted in every window; against its own answers
+    for the training images they do not, and its confidence is compared as well."""
+    cases = traffic(120, seed=23)
+    for i, (_, answer, _) in enumerate(cases):
+        face = answer["faces"][0]
+        x1, y1, x2, y2 = (v / IMAGE_SIZE for v in face["box"])
+        true = ((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1)
+        (cx, cy, w, h), emotion = steady_error(true, EMOTIONS.index(face["emotion"]))
+        face["box"] = [v * IMAGE_SIZE for v in (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)]
+        face["emotion"] = answer["emotion"] = emotion
+        face["confidence"] = answer["confidence"] = confidence(1000 + i)
+    predictions = log_traffic(f"sqlite:///{tmp_path / 'log.db'}", cases)
+
+    against_labels = live_check(reference, predictions, tmp_path / "a")
+    own = lambda paths: answered(paths, steady_error, embed=None)  # noqa: E731
+    against_answers = live_check(reference, predictions, tmp_path / "b", answers=own)
+
+    assert against_labels.drifted and not against_answers.drifted
+    summary = json.loads(against_answers.html_path.with_suffix(".json").read_text())
+    by_column = {c["column"]: c for c in summary["columns"]}
+    assert set(by_column) == {*FEATURES, "confidence", "emotion"}
+    answer_columns = {"face_width", "face_height", "face_cx", "face_cy", "emotion", "confidence"}
+    assert not [c for c in by_column.values() if c["drifted"] and c["column"] in answer_columns]
+    assert summary["reference"]["faces"] == "answered by model v3"
+    labelled = json.loads(against_labels.html_path.with_suffix(".json").read_text())
+    assert labelled["reference"]["faces"] == "as labelled"
+    assert {c["column"] for c in labelled["columns"] if c["drifted"]} >= {
+        "face_width", "face_height", "face_cy", "emotion"
+    }  # fmt: skip
