@@ -19,6 +19,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, dag, task
 
+from emoflow.links import with_links
 from emoflow.revisions import dataset_schedule
 
 DEFAULT_ARGS = {"retries": 1, "retry_delay": pendulum.duration(seconds=30)}
@@ -89,13 +90,14 @@ def emotion_ct():
 
         return call("promote", model, verdict)
 
+    # each task but pull links to what it made (emoflow/links.py: the task instance's extra links)
     dataset = pull()
-    trained = train(dataset, validate(dataset), overrides)
-    model = register(trained, dataset, overrides)
-    verdict = gate(model, trained, dataset, overrides)
-    drift_report = drift(dataset)
+    trained = with_links(train(dataset, with_links(validate(dataset)), overrides))
+    model = with_links(register(trained, dataset, overrides))
+    verdict = with_links(gate(model, trained, dataset, overrides))
+    drift_report = with_links(drift(dataset))
     verdict >> drift_report
-    promote(model, verdict, drift_report)
+    with_links(promote(model, verdict, drift_report))
 
 
 emotion_ct()

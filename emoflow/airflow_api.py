@@ -156,6 +156,13 @@ class AirflowApi:
         )
         return run["dag_run_id"]
 
+    def task_links(self, dag_id: str, run_id: str, task_id: str) -> dict[str, str | None]:
+        """The extra links of a task instance, name -> address (None: the task made none)."""
+        found = self._request(
+            "GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/links"
+        )
+        return found["extra_links"]
+
     def dag_run(self, dag_id: str, run_id: str) -> dict:
         return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
 

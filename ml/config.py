@@ -65,6 +65,14 @@ class Settings(BaseSettings):
     max_pixels: int = Field(
         25_000_000, ge=1, description="Largest image (width x height) the service decodes."
     )
+    public_mlflow_url: str | None = Field(
+        None, description="The MLflow UI as a browser reaches it (links from Airflow's tasks "
+        "and menu); None = mlflow_tracking_uri.",
+    )  # fmt: skip
+    public_service_url: str | None = Field(
+        None, description="The service as a browser reaches it (report and status links); "
+        "None = http://serve_host:serve_port.",
+    )  # fmt: skip
     airflow_port: int = Field(8080, description="Port of the embedded Airflow API server (UI).")
     airflow_api_url: str | None = Field(
         None, description="Airflow's API server as emoflow calls it; None = the embedded one."
@@ -158,6 +166,26 @@ class Settings(BaseSettings):
     @property
     def service_url(self) -> str:
         return f"http://{self.serve_host}:{self.serve_port}"
+
+    @property
+    def mlflow_ui_url(self) -> str:
+        """The MLflow UI for people's browsers (in the compose setup not the container name)."""
+        return (self.public_mlflow_url or self.mlflow_tracking_uri).rstrip("/")
+
+    @property
+    def service_ui_url(self) -> str:
+        """The service for people's browsers (in the compose setup not 0.0.0.0)."""
+        return (self.public_service_url or self.service_url).rstrip("/")
+
+    @property
+    def gx_dir(self) -> Path:
+        """Great Expectations' project folder (GX keeps its context in gx_dir/gx/)."""
+        return self.home / "gx"
+
+    @property
+    def data_docs_dir(self) -> Path:
+        """The Data Docs site the validate step builds; the service serves it at /data-docs/."""
+        return self.gx_dir / "gx" / "uncommitted" / "data_docs" / "local_site"
 
 
 class ConfigError(ValueError):

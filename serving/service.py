@@ -11,6 +11,7 @@ JSON `{"error", "detail"}`.
     GET  /health         liveness, and which worker process answered
     GET  /ready          200 with the model version once the champion is loaded, else 503
     GET  /reports/       the drift report pages (the files under <home>/reports)
+    GET  /data-docs/     Great Expectations' Data Docs of the validate step
     GET  /ui/            the web page: upload a photo or use the webcam, see faces and emotions
     GET  /metrics        Prometheus (served by BentoML; ours are the `emoflow_*` series)
 
@@ -272,6 +273,12 @@ async def reload(request: Request) -> JSONResponse:
 @app.get("/reports/{path:path}")
 async def reports(path: str) -> Response:
     return static_file(served_by().settings.reports_dir, path, "report")
+
+
+@app.get("/data-docs/{path:path}")
+async def data_docs(path: str) -> Response:
+    """Great Expectations' Data Docs of the validate step (what Airflow's validate task links)."""
+    return static_file(served_by().settings.data_docs_dir, path, "Data Docs page")
 
 
 @app.get("/ui/{path:path}", include_in_schema=False)

@@ -137,6 +137,42 @@ def test_one_cycle_registers_a_champion_named_by_data_and_code(cycle):
     assert list((settings.home / "gx").rglob("local_site/index.html"))
 
 
+def test_every_task_links_to_what_it_made_and_each_link_answers(cycle):
+    """The extra links of the cycle's task instances, read through Airflow's REST API, each
+    fetched from its real server (the service and MLflow)."""
+    settings = cycle.settings
+    services.start(services.bento_service(settings), settings, timeout=300)
+    api = AirflowApi(settings)
+    tasks = ("pull", "validate", "train", "register", "gate", "drift", "promote")
+    links = {task: api.task_links(runs.DAG_ID, cycle.run_id, task) for task in tasks}
+    assert {task: sorted(found) for task, found in links.items()} == {
+        "pull": [], "validate": ["Data Docs"], "train": ["MLflow run"],
+        "register": ["MLflow model version"], "gate": ["Gate report"], "drift": ["Drift report"],
+        "promote": ["Service ready"],
+    }  # fmt: skip
+    addresses = {name: url for found in links.values() for name, url in found.items()}
+    for name, url in addresses.items():
+        response = httpx.get(url, timeout=30)
+        assert response.status_code == 200, (name, url, response.text[:300])
+    assert httpx.get(addresses["Data Docs"]).headers["content-type"].startswith("text/html")
+    assert httpx.get(addresses["Service ready"]).json()["version"] == 1
+    drift = api._request(
+        "GET", f"/api/v2/dags/{runs.DAG_ID}/dagRuns/{cycle.run_id}/taskInstances/drift/"
+        "xcomEntries/return_value",
+    )["value"]  # fmt: skip
+    assert addresses["Drift report"].endswith(Path(drift["html_path"]).name)
+    # The MLflow UI's pages are routes after '#' (the server answers its one page for all):
+    # what each names must exist in the real server.
+    version = registry.client(settings).get_model_version(settings.model_name, "1")
+    experiment = registry.client(settings).get_run(version.run_id).info.experiment_id
+    run_page = f"{settings.mlflow_ui_url}/#/experiments/{experiment}/runs/{version.run_id}"
+    assert addresses["MLflow run"] == run_page
+    assert addresses["MLflow model version"].endswith(f"/#/models/{settings.model_name}/versions/1")
+    assert addresses["Gate report"] == f"{run_page}/artifactPath/gate/gate-v1.md"
+    gate_files = registry.client(settings).list_artifacts(version.run_id, "gate")
+    assert "gate/gate-v1.md" in {f.path for f in gate_files}
+
+
 def test_the_service_serves_the_champion_over_http(cycle):
     settings = cycle.settings
     services.start(services.bento_service(settings), settings, timeout=300)

@@ -24,6 +24,7 @@ print(json.dumps({
     "upstream": {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks},
     "train": {"queue": dag.get_task("train").queue, "pool": dag.get_task("train").pool},
     "params": sorted(dag.params.keys()),
+    "links": {t.task_id: [link.name for link in t.operator_extra_links] for t in dag.tasks},
     "catchup": dag.catchup, "tags": sorted(dag.tags), "doc": bool(dag.doc_md),
     "timetable": type(dag.timetable).__name__, "timetable_text": dag.timetable.timetable.expression,
     "assets": [dag.timetable.asset_condition.name],
@@ -76,6 +77,11 @@ def test_emotion_ct_parses_wires_the_steps_in_order_and_imports_nothing_heavy(pa
     assert parsed["timetable"] == "AssetOrTimeSchedule"
     assert parsed["assets"] == ["emoflow-dataset"]
     assert parsed["timetable_text"] == "0 4 * * 1"
+    assert parsed["links"] == {
+        "pull": [], "validate": ["Data Docs"], "train": ["MLflow run"],
+        "register": ["MLflow model version"], "gate": ["Gate report"], "drift": ["Drift report"],
+        "promote": ["Service ready"],
+    }  # fmt: skip
     assert parsed["heavy"] == []
 
 
@@ -103,6 +109,27 @@ def test_airflow_loads_the_plugin_with_links_to_emoflows_uis(tmp_path, make_sett
     assert views["MLflow: models and runs"] == settings.mlflow_tracking_uri
     assert views["Drift reports"] == f"{settings.service_url}/reports/index.html"
     assert views["Emotion service API"] == f"{settings.service_url}/docs"
+
+
+def test_the_plugins_links_are_the_addresses_browsers_reach(tmp_path, make_settings):
+    """In the compose setup the tracking URI names a container and the service listens on
+    0.0.0.0: the menu links use the public addresses of settings instead."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "emoflow_plugin", PROJECT_ROOT / "plugins" / "emoflow_plugin.py"
+    )
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)  # plugins/ is Airflow's folder, not a package
+    nav_links = plugin.nav_links
+    settings = make_settings(
+        tmp_path, mlflow_tracking_uri="http://mlflow:5000", serve_host="0.0.0.0",
+        public_mlflow_url="http://localhost:5000/", public_service_url="http://localhost:3000",
+    )  # fmt: skip
+    assert {link["href"] for link in nav_links(settings)} == {
+        "http://localhost:5000", "http://localhost:3000/reports/index.html",
+        "http://localhost:3000/docs",
+    }  # fmt: skip
 
 
 def test_emotion_labelling_runs_on_the_live_drift_alarm(parsed):
