@@ -142,8 +142,25 @@ def cmd_airflow(args: argparse.Namespace, settings: Settings) -> None:
 # ---------------------------------------------------------------- models
 
 
+def _version(version: int | None) -> str:
+    return f"v{version}" if version is not None else "none"
+
+
+def _utc_time(text: str) -> datetime:
+    """An ISO 8601 time as an aware UTC datetime; one without a timezone means UTC."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"not an ISO 8601 time: {text!r} (for example 2026-12-01T14:30:00Z, "
+            "2026-12-01T15:30+01:00 or 2026-12-01; without a timezone it means UTC)"
+        ) from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
 def cmd_model(args: argparse.Namespace, settings: Settings) -> None:
-    from ml import registry
+    from ml import history, registry
+    from ml.history import user_actor
 
     if args.model_command == "list":
         client = registry.client(settings)
@@ -155,9 +172,26 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> None:
             tags = {k: mv.tags.get(k, "?") for k in ("data_revision", "gate", "val_map50")}
             print(f"v{mv.version:<4} {aliases:28} {json.dumps(tags)}")
     elif args.model_command == "promote":
-        _print_record(registry.promote(settings, args.version, reason="manual promotion"))
+        reason = args.reason or "manual promotion"
+        _print_record(registry.promote(settings, args.version, reason, actor=user_actor()))
     elif args.model_command == "rollback":
-        _print_record(registry.rollback(settings))
+        _print_record(registry.rollback(settings, actor=user_actor(), reason=args.reason or ""))
+    elif args.model_command == "history":
+        moves = history.moves(settings)
+        if not moves:
+            print(f"no alias moves recorded for '{settings.model_name}'")
+        for move in moves:
+            change = f"{_version(move.from_version)} -> {_version(move.to_version)}"
+            print(f"{move.time:%Y-%m-%dT%H:%M:%SZ}  {move.kind:9} {change:13} {move.actor}  "
+                  f"{move.reason}" + (f"  {move.link}" if move.link else ""))  # fmt: skip
+    elif args.model_command == "serving-at":
+        when = _utc_time(args.time)
+        version = history.champion_at(settings, when)
+        stamp = f"{when:%Y-%m-%dT%H:%M:%SZ}"
+        if version is None:
+            print(f"{stamp}: no version of '{settings.model_name}' was champion")
+        else:
+            print(f"{stamp}: v{version} of '{settings.model_name}' was champion")
     elif args.model_command == "reproduce":
         from ml.train import reproduce
 
@@ -298,7 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     model_sub.add_parser("list", help="versions with their aliases and tags")
     promote = model_sub.add_parser("promote", help="make VERSION the champion")
     promote.add_argument("version", type=int)
-    model_sub.add_parser("rollback", help="champion back to the previous version")
+    promote.add_argument("--reason", help="why (recorded in the history)")
+    rollback = model_sub.add_parser("rollback", help="champion back to the previous version")
+    rollback.add_argument("--reason", help="why (recorded in the history)")
+    model_sub.add_parser("history", help="every move of champion/previous, oldest first")
+    serving_at = model_sub.add_parser("serving-at", help="which version was champion at TIME")
+    serving_at.add_argument("time", help="ISO 8601, e.g. 2026-12-01T14:30:00Z (no zone: UTC)")
     reproduce = model_sub.add_parser(
         "reproduce", help="retrain VERSION from its recorded revision, params and seed"
     )

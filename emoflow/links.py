@@ -26,21 +26,14 @@ from airflow.sdk import BaseOperatorLink
 from ml.config import Settings
 
 
-def mlflow_run_url(settings: Settings, run_id: str, artifact: str | None = None) -> str:
-    """The MLflow UI page of run `run_id` (or of one of its artifacts)."""
-    from ml import registry
-
-    experiment = registry.client(settings).get_run(run_id).info.experiment_id
-    url = f"{settings.mlflow_ui_url}/#/experiments/{experiment}/runs/{run_id}"
-    return f"{url}/artifactPath/{artifact}" if artifact else url
-
-
 def data_docs_url(value: dict, settings: Settings) -> str:
     return f"{settings.service_ui_url}/data-docs/index.html"
 
 
 def train_run_url(value: dict, settings: Settings) -> str:
-    return mlflow_run_url(settings, value["run_id"])
+    from ml import registry
+
+    return registry.run_page(settings, value["run_id"])
 
 
 def model_version_url(value: dict, settings: Settings) -> str:
@@ -52,7 +45,7 @@ def gate_report_url(value: dict, settings: Settings) -> str:
     from ml import registry
 
     ref = registry.version_ref(settings, value["challenger"]["version"])
-    return mlflow_run_url(settings, ref.run_id, f"gate/{Path(value['markdown_path']).name}")
+    return registry.run_page(settings, ref.run_id, f"gate/{Path(value['markdown_path']).name}")
 
 
 def drift_report_url(value: dict, settings: Settings) -> str:

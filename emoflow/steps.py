@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import tempfile
 import typing
 from datetime import UTC, datetime
@@ -80,7 +81,7 @@ def validate(
     names = [revision.name for revision in data_registry.revisions(settings)]
     position = names.index(dataset.revision) if dataset.revision in names else 0
     previous = data_registry.pull(settings, names[position - 1]) if position > 0 else None
-    result = validation.validate(dataset, params.validate_, settings.home / "gx", previous)
+    result = validation.validate(dataset, params.validate_, settings.gx_dir, previous)
     return validation.ensure_valid(result)
 
 
@@ -147,13 +148,17 @@ def promote(
     model: ModelRef, gate: GateResult, *, settings: Settings | None = None
 ) -> PromoteResult:
     """Move `champion` to the challenger only when the gate passed and the champion is still
-    the version the gate compared against (else `PromotionConflict`), then tell the service."""
+    the version the gate compared against (else `PromotionConflict`), then tell the service.
+    The promotion history records it as kind gate, its actor the DAG run id (Airflow's
+    ``AIRFLOW_CTX_DAG_RUN_ID`` in a task; outside Airflow, this OS user)."""
     settings = settings or Settings()
     if gate.passed:
         compared = gate.champion.version if gate.champion else None
         result = registry.promote(
-            settings, model.version, reason="; ".join(gate.reasons), if_champion=compared
-        )
+            settings, model.version, reason="; ".join(gate.reasons), if_champion=compared,
+            kind="gate", actor=os.environ.get("AIRFLOW_CTX_DAG_RUN_ID"),
+            link=gate_report_link(settings, model, gate),
+        )  # fmt: skip
         if result.promoted:
             log.info("service: %s", request_reload(settings))
         return result
@@ -257,7 +262,7 @@ def alarm(live: DriftResult | None, *, settings: Settings | None = None) -> dict
         raise AirflowSkipException("live traffic did not drift: no alarm")
     settings = settings or Settings()
     return {
-        "report": f"{settings.service_url}/reports/live/{live.html_path.name}",
+        "report": f"{settings.service_ui_url}/reports/live/{live.html_path.name}",
         "share": live.share,
         "model_version": live.model_version,
         "window": {
@@ -309,6 +314,14 @@ def champion_dataset(settings: Settings, champion: ModelRef | None = None) -> Da
         return None
     tags = registry.client(settings).get_model_version(champion.name, str(champion.version)).tags
     return data_registry.pull(settings, tags["data_revision"])
+
+
+def gate_report_link(settings: Settings, model: ModelRef, gate: GateResult) -> str | None:
+    """The gate's Markdown report in the MLflow UI (an artifact of the challenger's training
+    run), the address the gate task's Airflow link gives."""
+    if gate.markdown_path is None:
+        return None
+    return registry.run_page(settings, model.run_id, f"gate/{gate.markdown_path.name}")
 
 
 def request_reload(settings: Settings) -> str:

@@ -6,7 +6,7 @@ class's recall regression, and a latency budget of the challenger's ONNX export.
 `gate` measures both models and the latency (`ml.scoring`), decides with `verdict`, writes the
 report (JSON + Markdown) and logs it with the test metrics to the challenger's training run
 through an explicit MLflow client (the run itself is not reopened); its reasons also go to the
-log (the Airflow task log).
+log (the Airflow task log), and its `summary` becomes the model version's description.
 """
 
 from __future__ import annotations
@@ -172,6 +172,28 @@ def markdown(result: GateResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary(result: GateResult) -> str:
+    """The verdict in short Markdown for the version's description in the MLflow registry:
+    the verdict, the test split, the champion compared with, and one row per rule."""
+    champion = f"champion v{result.champion.version}" if result.champion else "no champion"
+    images = f", {result.challenger.images} images" if result.challenger.images else ""
+    lines = [
+        f"**Gate {'PASSED' if result.passed else 'REFUSED'}**: v{result.challenger.version} "
+        f"against {champion}, test split of revision `{result.test_revision}`{images}; "
+        f"mAP50 {result.challenger.map50:.3f}, mAP50-95 {result.challenger.map50_95:.3f}.",
+        "",
+        "| rule | value | threshold | verdict |",
+        "| --- | --- | --- | --- |",
+        *(
+            f"| {c.rule} | {c.value} | {c.threshold} | {'PASS' if c.passed else 'FAIL'} |"
+            for c in result.checks
+        ),
+    ]
+    if result.markdown_path is not None:
+        lines += ["", f"Full report: `gate/{result.markdown_path.name}` in the training run."]
+    return "\n".join(lines) + "\n"
+
+
 def write_report(result: GateResult) -> GateResult:
     """Write the JSON (everything) and Markdown reports; return the result naming both."""
     md_path = result.report_path.with_suffix(".md")
@@ -249,6 +271,7 @@ def gate(
     logger.info("gate: v%s %s", challenger.version, "PASSED" if passed else "REFUSED")
     _log_to_run(settings, challenger.run_id, result)
     registry.set_tag(settings, challenger, "gate", "passed" if passed else "refused")
+    registry.set_description(settings, challenger, summary(result))
     return result
 
 

@@ -1,11 +1,14 @@
 """The MLflow model registry: register, look up and move the aliases of `emotion-detector`.
 
 What is served is the version the alias `champion` points at. Promotion moves `champion` to
-the challenger and `previous` to the old champion, so a rollback is one alias move.
+the challenger and `previous` to the old champion, so a rollback is one alias move. Every
+move is recorded in the promotion history (`ml.history`, tags of the registered model).
 """
 
 from __future__ import annotations
 
+import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +17,10 @@ from ml.records import DatasetRef, ModelRef, PromoteResult, TrainResult
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+
+    from ml.history import Kind
+
+log = logging.getLogger(__name__)
 
 CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous", "challenger"
 ANY = "any"
@@ -146,14 +153,50 @@ def set_tag(settings: Settings, ref: ModelRef, key: str, value: str) -> None:
     client(settings).set_model_version_tag(ref.name, str(ref.version), key, value)
 
 
+def run_page(settings: Settings, run_id: str, artifact: str | None = None) -> str:
+    """The MLflow UI page of run `run_id` (or of one of its artifacts), at the address people's
+    browsers reach (`Settings.mlflow_ui_url`)."""
+    experiment = client(settings).get_run(run_id).info.experiment_id
+    url = f"{settings.mlflow_ui_url}/#/experiments/{experiment}/runs/{run_id}"
+    return f"{url}/artifactPath/{artifact}" if artifact else url
+
+
+DESCRIPTION_MAX = 5000
+"""Longest model-version description every MLflow SQL backend stores (VARCHAR(5000))."""
+
+
+def set_description(settings: Settings, ref: ModelRef, text: str) -> None:
+    """Set the version's description (Markdown, shown on its MLflow page), cut to fit."""
+    if len(text) > DESCRIPTION_MAX:
+        text = text[: DESCRIPTION_MAX - 1] + "…"
+    client(settings).update_model_version(ref.name, str(ref.version), description=text)
+
+
 def promote(
-    settings: Settings, version: int, reason: str, *, if_champion: int | None | str = ANY
+    settings: Settings,
+    version: int,
+    reason: str,
+    *,
+    if_champion: int | None | str = ANY,
+    kind: Kind = "manual",
+    actor: str | None = None,
+    link: str | None = None,
 ) -> PromoteResult:
-    """Point `champion` at `version` and `previous` at the old champion.
+    """Point `champion` at `version` and `previous` at the old champion, and record the move.
 
     Compare-and-swap: with `if_champion` (the version the gate compared against, None for no
     champion) the aliases move only if `champion` still names it; else `PromotionConflict`,
-    and the newer champion stays."""
+    and the newer champion stays. A `version` that is champion already moves nothing.
+
+    The move is recorded in the promotion history (`ml.history`: `kind` gate, manual or
+    rollback; `actor` the DAG run id or ``user:<name>``, default this OS user; `link` the gate
+    report) right after the aliases moved, and ``<reports_dir>/history.html`` is rewritten
+    (a page that cannot be written is logged, not raised: the record is what counts). If the
+    process dies, or MLflow fails, between the alias move and the record, the move is
+    unrecorded and the call raises (`RegistryError`) where it can; calling it again for the
+    same version (an Airflow retry, the same command once more) finds `version` champion
+    already and writes the missing record then, with that call's time, its `previous` alias
+    as from-version and "recorded late" in the reason."""
     from mlflow.exceptions import MlflowException
 
     mlflow_client = client(settings)
@@ -169,6 +212,13 @@ def promote(
         ) from None
     old = version_by_alias(settings, CHAMPION)
     now = old.version if old else None
+    if now == version:
+        previous = _alias_version(settings, PREVIOUS)
+        _record_late(settings, version, previous, kind, actor, reason, link)
+        return PromoteResult(
+            promoted=False, champion=version, previous=previous,
+            reason=f"version {version} is already the champion",
+        )  # fmt: skip
     if if_champion != ANY and now != if_champion:
         raise PromotionConflict(
             f"not promoting v{version}: the gate compared it with "
@@ -176,27 +226,65 @@ def promote(
             f"{f'v{now}' if now else 'none'} now (another run or a person moved it); the "
             "champion stays"
         )
-    if old is not None and old.version == version:
-        return PromoteResult(
-            promoted=False, champion=version, previous=_alias_version(settings, PREVIOUS),
-            reason=f"version {version} is already the champion",
-        )  # fmt: skip
     if old is not None:
         mlflow_client.set_registered_model_alias(name, PREVIOUS, str(old.version))
     mlflow_client.set_registered_model_alias(name, CHAMPION, str(version))
-    return PromoteResult(
-        promoted=True, champion=version, previous=old.version if old else None, reason=reason
-    )
+    _record(settings, kind, now, version, reason, actor, link)
+    return PromoteResult(promoted=True, champion=version, previous=now, reason=reason)
 
 
-def rollback(settings: Settings) -> PromoteResult:
-    """Swap `champion` and `previous`: the model served before the last promotion comes back."""
+def rollback(settings: Settings, *, actor: str | None = None, reason: str = "") -> PromoteResult:
+    """Swap `champion` and `previous`: the model served before the last promotion comes back
+    (recorded in the history as a move of kind rollback)."""
     previous = version_by_alias(settings, PREVIOUS)
     if previous is None:
         raise LookupError(
             f"model '{settings.model_name}' has no 'previous' version to roll back to"
         )
-    return promote(settings, previous.version, reason=f"rollback to version {previous.version}")
+    why = f"rollback to version {previous.version}" + (f": {reason}" if reason else "")
+    return promote(settings, previous.version, reason=why, kind="rollback", actor=actor)
+
+
+def _record(
+    settings: Settings, kind: Kind, old: int | None, new: int, reason: str, actor: str | None,
+    link: str | None,
+) -> None:  # fmt: skip
+    """The history record of an alias move that just happened, then the history page."""
+    from mlflow.exceptions import MlflowException
+
+    from ml import history
+
+    move = history.AliasMove(
+        time=datetime.now(UTC), actor=actor or history.user_actor(), kind=kind,
+        from_version=old, to_version=new, reason=reason, link=link,
+    )  # fmt: skip
+    try:
+        history.append(settings, move)
+    except MlflowException as exc:
+        raise RegistryError(
+            f"'{settings.model_name}' champion moved to v{new}, but MLflow at "
+            f"{settings.mlflow_tracking_uri} did not take its history record "
+            f"({exc.error_code}: {str(exc)[:200]}); promote v{new} again to record it"
+        ) from None
+    try:
+        history.write_page(settings.reports_dir, settings.model_name, history.moves(settings))
+    except (OSError, MlflowException) as exc:
+        log.warning("history page %s not written: %s", settings.reports_dir, exc)
+
+
+def _record_late(
+    settings: Settings, version: int, previous: int | None, kind: Kind, actor: str | None,
+    reason: str, link: str | None,
+) -> None:  # fmt: skip
+    """Record a move to `version` that the history lacks (its writer died after the alias
+    move); nothing when the newest record already names `version` champion."""
+    from ml import history
+
+    events = history.moves(settings)
+    if events and events[-1].to_version == version:
+        return
+    note = f"{reason} (recorded late: v{version} was champion already)"
+    _record(settings, kind, previous, version, note, actor, link)
 
 
 def _alias_version(settings: Settings, alias: str) -> int | None:

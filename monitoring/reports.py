@@ -205,7 +205,8 @@ _PAGE = """<!DOCTYPE html>
 </head>
 <body>
 <h1>emoflow reports</h1>
-<p class="meta">{count} report(s), newest first. Page written {generated}.</p>
+<p class="meta">{count} report(s), newest first. Page written {generated}.
+<a href="history.html">Promotion history</a> (every move of the champion).</p>
 {sections}
 </body>
 </html>

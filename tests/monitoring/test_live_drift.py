@@ -123,6 +123,7 @@ def test_traffic_like_the_training_data_is_not_drifted(reference, tmp_path: Path
     live_section = index[index.index(LIVE_HEADING) :]
     assert f'href="live/{result.html_path.name}"' in live_section
     assert "no drift" in live_section
+    assert 'href="history.html"' in index  # the promotion history (ml/history.py) beside them
     assert not (reports / "drift").exists()  # the dataset-drift section stays empty
     assert leftovers(reports) == []
 
