@@ -13,7 +13,19 @@ cannot see: the same luma, other colours):
 
 For each shift, `--trials` independent streams: the number of windows until the first alarm
 (at most `--max-windows`; a stream that never alarms counts as max + 1). On an unshifted
-stream, the false-alarm rate over `--null-windows` windows. Writes bench/results/drift_alarms.json.
+stream, the false-alarm rate over `--null-windows` windows.
+
+Both arms compare answers with answers: the reference side is the champion's own answers for
+its training images (`emoflow.steps.champion_answers`, as the monitor step does); the
+statistics arm leaves the embeddings out.
+
+Then one turn of the loop, by hand (`--loop-turn-images`, 0 leaves it out): the champion's
+emotion accuracy on held-out faces both darker and smaller, a labelled batch of such faces
+recorded as r2, a model trained on r1 + r2 with the same params and served, and its accuracy
+on the same faces (and on unshifted ones, for what it kept). The e2e loop test runs the same
+turn under Airflow, with models too small to say anything about accuracy.
+
+Writes bench/results/drift_alarms.json.
 
     .venv/bin/python bench/drift_alarms.py [--trials 10 --null-windows 40 --window 60]
 """
@@ -69,23 +81,68 @@ SHIFTS = {
 }
 
 
-def window(shift: str, seed: tuple[int, ...], size: int) -> list[bytes]:
-    knobs, change = SHIFTS[shift]
-    images = []
+LOOP_SHIFT = Shift(brightness=-0.25, face_scale=0.7)
+"""The shift of the loop turn: darker and smaller faces at once."""
+
+
+def drawn(knobs: Shift, change, seed: tuple[int, ...], size: int) -> list[tuple[bytes, str]]:
+    """`size` drawn faces as PNG bytes, each with its true emotion."""
+    faces = []
     for i in range(size):
         rng = np.random.default_rng([*seed, i])
-        image, _ = draw_face(rng, int(rng.integers(len(EMOTIONS))), knobs)
+        emotion = int(rng.integers(len(EMOTIONS)))
+        image, _ = draw_face(rng, emotion, knobs)
         image = change(image) if change else image.convert("RGB")
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
-        images.append(buffer.getvalue())
-    return images
+        faces.append((buffer.getvalue(), EMOTIONS[emotion]))
+    return faces
 
 
-def send(url: str, images: list[bytes]) -> None:
+def window(shift: str, seed: tuple[int, ...], size: int) -> list[tuple[bytes, str]]:
+    return drawn(*SHIFTS[shift], seed, size)
+
+
+def send(url: str, faces: list[tuple[bytes, str]]) -> float:
+    """Send each face to the service; the share it answers with the true emotion."""
+    right = 0
     with httpx.Client(timeout=30) as client:
-        for data in images:
-            client.post(f"{url}/predict", files={"image": ("face.png", data)}).raise_for_status()
+        for data, emotion in faces:
+            response = client.post(f"{url}/predict", files={"image": ("face.png", data)})
+            right += response.raise_for_status().json()["emotion"] == emotion
+    return right / len(faces)
+
+
+def loop_turn(settings: Settings, params: TrainParams, images: int, root: Path) -> dict:
+    """One turn of the loop by hand, on the champion the service serves: its accuracy on
+    held-out shifted faces (`LOOP_SHIFT`) and unshifted ones; a labelled batch of `images`
+    shifted faces (the generator's truth is the labeller) recorded as r2; a model trained on
+    r1 + r2 with the same params, promoted and served; the same two accuracies again."""
+    streams = {"shifted": drawn(LOOP_SHIFT, None, (555,), 200),
+               "unshifted": drawn(Shift(), None, (556,), 200)}  # fmt: skip
+    before = {name: send(settings.service_url, faces) for name, faces in streams.items()}
+    batch = root / "r2"
+    generate(batch, train=images, valid=images // 6, test=images // 6, seed=77,
+             shift=LOOP_SHIFT, prefix="x")  # fmt: skip
+    data_registry.add_batch(settings, batch, "shifted faces, labelled")
+    dataset = data_registry.pull(settings)
+    started = time.monotonic()
+    trained = train(params, dataset, settings.runs_dir, settings, {"git_commit": "bench"})
+    model = registry.register(trained, dataset, {"git_commit": "bench"}, settings)
+    registry.promote(settings, model.version, "bench: one turn of the loop")
+    train_s = time.monotonic() - started
+    services.stop(settings, "service")  # the next start serves the new champion
+    services.start(services.bento_service(settings), settings, timeout=300)
+    after = {name: send(settings.service_url, faces) for name, faces in streams.items()}
+    return {
+        "shift": LOOP_SHIFT.model_dump(exclude_defaults=True),
+        "labelled_images": {"train": images, "valid": images // 6, "test": images // 6},
+        "stream_faces": len(streams["shifted"]),
+        "accuracy_before": before,
+        "accuracy_after": after,
+        "challenger": {"revision": dataset.revision, "train_s": round(train_s, 1),
+                       "val_map50": trained.metrics.get("map50")},
+    }  # fmt: skip
 
 
 def newest(settings: Settings, size: int, seen: int):
@@ -102,7 +159,8 @@ def newest(settings: Settings, size: int, seen: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name, default in (("trials", 10), ("null_windows", 40), ("window", 60),
-                          ("max_windows", 3), ("train", 600), ("epochs", 8)):  # fmt: skip
+                          ("max_windows", 3), ("train", 600), ("epochs", 8),
+                          ("loop_turn_images", 300)):  # fmt: skip
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="emoflow-alarms-"))
@@ -118,10 +176,10 @@ def main() -> None:
     results: dict = {}
     try:
         started = time.monotonic()
+        train_params = TrainParams(epochs=args.epochs, imgsz=96, patience=args.epochs)
         trained = train(
-            TrainParams(epochs=args.epochs, imgsz=96, patience=args.epochs), reference,
-            settings.runs_dir, settings, {"git_commit": "bench"},
-        )  # fmt: skip
+            train_params, reference, settings.runs_dir, settings, {"git_commit": "bench"}
+        )
         model = registry.register(trained, reference, {"git_commit": "bench"}, settings)
         registry.promote(settings, model.version, "bench")
         train_s = time.monotonic() - started
@@ -177,6 +235,9 @@ def main() -> None:
                 for arm, found in until.items()
             }
             print(shift, json.dumps(results[shift]), flush=True)
+        if args.loop_turn_images:
+            results["loop_turn"] = loop_turn(settings, train_params, args.loop_turn_images, root)
+            print("loop turn", json.dumps(results["loop_turn"]), flush=True)
     finally:
         services.stop(settings, "service")
         services.stop(settings, "mlflow")
