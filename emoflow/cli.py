@@ -142,10 +142,6 @@ def cmd_airflow(args: argparse.Namespace, settings: Settings) -> None:
 # ---------------------------------------------------------------- models
 
 
-def _version(version: int | None) -> str:
-    return f"v{version}" if version is not None else "none"
-
-
 def _utc_time(text: str) -> datetime:
     """An ISO 8601 time as an aware UTC datetime; one without a timezone means UTC."""
     try:
@@ -160,7 +156,7 @@ def _utc_time(text: str) -> datetime:
 
 def cmd_model(args: argparse.Namespace, settings: Settings) -> None:
     from ml import history, registry
-    from ml.history import user_actor
+    from ml.history import user_actor, version_label
 
     if args.model_command == "list":
         client = registry.client(settings)
@@ -181,7 +177,7 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> None:
         if not moves:
             print(f"no alias moves recorded for '{settings.model_name}'")
         for move in moves:
-            change = f"{_version(move.from_version)} -> {_version(move.to_version)}"
+            change = f"{version_label(move.from_version)} -> {version_label(move.to_version)}"
             print(f"{move.time:%Y-%m-%dT%H:%M:%SZ}  {move.kind:9} {change:13} {move.actor}  "
                   f"{move.reason}" + (f"  {move.link}" if move.link else ""))  # fmt: skip
     elif args.model_command == "serving-at":

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ml import registry, scoring
 from ml.config import EMOTIONS, Settings
+from ml.files import atomic_write_text
 from ml.params import GateParams
 from ml.records import DatasetRef, EvalResult, GateResult, ModelRef
 
@@ -198,11 +199,8 @@ def write_report(result: GateResult) -> GateResult:
     """Write the JSON (everything) and Markdown reports; return the result naming both."""
     md_path = result.report_path.with_suffix(".md")
     result = result.model_copy(update={"markdown_path": md_path})
-    for path, text in ((result.report_path, result.model_dump_json(indent=2)),
-                       (md_path, markdown(result))):  # fmt: skip
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+    atomic_write_text(result.report_path, result.model_dump_json(indent=2))
+    atomic_write_text(md_path, markdown(result))
     return result
 
 

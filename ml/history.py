@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import getpass
 import logging
-import os
 import secrets
-import tempfile
 from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
@@ -38,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from ml import registry
 from ml.config import Settings
+from ml.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +147,8 @@ def champion_at(settings: Settings, when: datetime) -> int | None:
 # ---------------------------------------------------------------------------------- the page
 
 
-def _version(version: int | None) -> str:
+def version_label(version: int | None) -> str:
+    """``v3``, or ``none`` for no version."""
     return f"v{version}" if version is not None else "none"
 
 
@@ -164,7 +164,7 @@ def render_page(model_name: str, events: list[AliasMove]) -> str:
     """The history as a plain HTML page: one table, newest first, every value escaped."""
     rows = "\n".join(
         f"<tr><td>{escape(m.time.strftime('%Y-%m-%d %H:%M:%S'))}</td><td>{escape(m.kind)}</td>"
-        f"<td>{_version(m.from_version)} &rarr; {_version(m.to_version)}</td>"
+        f"<td>{version_label(m.from_version)} &rarr; {version_label(m.to_version)}</td>"
         f"<td>{escape(m.actor)}</td><td>{escape(m.reason)}</td><td>{_link(m.link)}</td></tr>"
         for m in reversed(events)
     )
@@ -187,17 +187,9 @@ def render_page(model_name: str, events: list[AliasMove]) -> str:
 
 
 def write_page(reports_dir: Path, model_name: str, events: list[AliasMove]) -> Path:
-    """Write ``reports_dir/history.html`` (a temporary file, then renamed over it, so readers
-    see the old page or the new one); returns its path."""
+    """Write ``reports_dir/history.html`` (readers see the old page or the new one); returns
+    its path."""
     reports_dir.mkdir(parents=True, exist_ok=True)
     path = reports_dir / PAGE_NAME
-    fd, tmp = tempfile.mkstemp(prefix=f".{PAGE_NAME}.", suffix=".tmp", dir=reports_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(render_page(model_name, events))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, render_page(model_name, events))
     return path

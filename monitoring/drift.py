@@ -299,7 +299,8 @@ def _publish(
     """Write the HTML at ``result.html_path`` and the JSON summary (``record`` plus the report's
     figures) beside it, both atomically, delete the folder's reports beyond what params keep,
     then refresh the index; return the seconds taken."""
-    from monitoring.reports import atomic_write_text, prune_reports, write_index
+    from ml.files import atomic_write_text
+    from monitoring.reports import prune_reports, write_index
 
     html_path = result.html_path
     html_path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+from ml.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -29,23 +29,6 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("live", "Live traffic vs training data: the prediction log vs the champion's data"),
 )
 """(folder under reports_dir, heading) of each list on the index page."""
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``.
-
-    Readers see the old file or the new one, never half of one; on error nothing is left.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def list_reports(reports_dir: Path, folder: str = "drift") -> list[dict[str, Any]]:
