@@ -11,7 +11,9 @@ against champion on the same test split, writes an Evidently drift report, and m
 `emoflow/steps.py`.
 
 **Params** (Trigger DAG w/ config): `revision` (a tag such as `r3`, or `latest`), and optional
-`epochs` / `imgsz` to override `params.yaml` for this run only.
+`epochs` / `imgsz` / `approval` to override `params.yaml` for this run only. With
+`gate.approval: human` a passing challenger waits in `approve` (Airflow's required actions)
+for a person to approve or reject it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, dag, task
 
+from emoflow.approval import approval_task
 from emoflow.links import with_links
 from emoflow.revisions import dataset_schedule
 
@@ -42,6 +45,10 @@ DEFAULT_ARGS = {"retries": 1, "retry_delay": pendulum.duration(seconds=30)}
         ),  # fmt: skip
         "epochs": Param(None, type=["null", "integer"], minimum=1, description="Override epochs."),
         "imgsz": Param(None, type=["null", "integer"], minimum=32, description="Override imgsz."),
+        "approval": Param(
+            None, type=["null", "string"], enum=[None, "auto", "human"],
+            description="Override gate.approval: human = a person approves the promotion.",
+        ),  # fmt: skip
     },
 )
 def emotion_ct():
@@ -85,10 +92,10 @@ def emotion_ct():
         return call("drift", dataset)
 
     @task
-    def promote(model: dict, verdict: dict, drift_report: dict) -> dict:
+    def promote(model: dict, verdict: dict, drift_report: dict, approval: dict) -> dict:
         from emoflow.steps import call
 
-        return call("promote", model, verdict)
+        return call("promote", model, verdict, approval)
 
     # each task but pull links to what it made (emoflow/links.py: the task instance's extra links)
     dataset = pull()
@@ -97,7 +104,9 @@ def emotion_ct():
     verdict = with_links(gate(model, trained, dataset, overrides))
     drift_report = with_links(drift(dataset))
     verdict >> drift_report
-    with_links(promote(model, verdict, drift_report))
+    approval = approval_task()  # asks a person only with gate.approval: human (or conf)
+    drift_report >> approval
+    with_links(promote(model, verdict, drift_report, approval.output))
 
 
 emotion_ct()

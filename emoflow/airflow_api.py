@@ -163,6 +163,23 @@ class AirflowApi:
         )
         return found["extra_links"]
 
+    def pending_approvals(self, dag_id: str) -> list[dict]:
+        """The human-in-the-loop requests of `dag_id`'s runs that have no answer yet."""
+        found = self._request(
+            "GET", f"/api/v2/dags/{dag_id}/dagRuns/~/hitlDetails",
+            params={"response_received": "false", "limit": 100},
+        )  # fmt: skip
+        return list(found["hitl_details"])
+
+    def answer_approval(
+        self, dag_id: str, run_id: str, task_id: str, option: str, params_input: dict
+    ) -> dict:
+        """Answer one human-in-the-loop request (`option`, e.g. Approve or Reject)."""
+        return self._request(
+            "PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
+            json={"chosen_options": [option], "params_input": params_input},
+        )  # fmt: skip
+
     def dag_run(self, dag_id: str, run_id: str) -> dict:
         return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
 

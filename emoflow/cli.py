@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from emoflow import revisions, runs, services
-from emoflow.airflow_api import AirflowApiError
+from emoflow.airflow_api import AirflowApi, AirflowApiError
 from emoflow.runs import DAG_ID
 from ml import data_registry
 from ml.config import ConfigError, Settings
@@ -154,6 +154,29 @@ def _utc_time(text: str) -> datetime:
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
+def answer_approval(settings: Settings, approve: bool, run_id: str | None, reason: str) -> str:
+    """Answer the `approve` task waiting in an emotion_ct run (the only one, or `run_id`'s)."""
+    from emoflow.approval import TASK_ID, GateApproval
+
+    api = AirflowApi(settings)
+    waiting = [
+        detail for detail in api.pending_approvals(DAG_ID)
+        if detail["task_instance"]["task_id"] == TASK_ID
+        and run_id in (None, detail["task_instance"]["dag_run_id"])
+    ]  # fmt: skip
+    if len(waiting) != 1:
+        runs_waiting = ", ".join(d["task_instance"]["dag_run_id"] for d in waiting) or "none"
+        raise ValueError(
+            f"{len(waiting)} {DAG_ID} runs wait for an approval"
+            + (f" with run id {run_id!r}" if run_id else "")
+            + f" (waiting: {runs_waiting}); name one with --run"
+        )
+    run = waiting[0]["task_instance"]["dag_run_id"]
+    option = GateApproval.APPROVE if approve else GateApproval.REJECT
+    api.answer_approval(DAG_ID, run, TASK_ID, option, {"reason": reason or ""})
+    return f"{option}: {waiting[0]['subject']} ({DAG_ID} run {run})"
+
+
 def cmd_model(args: argparse.Namespace, settings: Settings) -> None:
     from ml import history, registry
     from ml.history import user_actor, version_label
@@ -188,6 +211,8 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> None:
             print(f"{stamp}: no version of '{settings.model_name}' was champion")
         else:
             print(f"{stamp}: v{version} of '{settings.model_name}' was champion")
+    elif args.model_command in ("approve", "reject"):
+        print(answer_approval(settings, args.model_command == "approve", args.run, args.reason))
     elif args.model_command == "reproduce":
         from ml.train import reproduce
 
@@ -334,6 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     model_sub.add_parser("history", help="every move of champion/previous, oldest first")
     serving_at = model_sub.add_parser("serving-at", help="which version was champion at TIME")
     serving_at.add_argument("time", help="ISO 8601, e.g. 2026-12-01T14:30:00Z (no zone: UTC)")
+    for verdict, what in (("approve", "promote"), ("reject", "refuse")):
+        answer = model_sub.add_parser(
+            verdict, help=f"{what} the challenger an emotion_ct run waits on (gate.approval: human)"
+        )
+        answer.add_argument("--run", help="the DAG run id, where more than one waits")
+        answer.add_argument("--reason", default="", help="why (recorded in the history)")
     reproduce = model_sub.add_parser(
         "reproduce", help="retrain VERSION from its recorded revision, params and seed"
     )

@@ -145,18 +145,32 @@ def drift(
 
 
 def promote(
-    model: ModelRef, gate: GateResult, *, settings: Settings | None = None
+    model: ModelRef,
+    gate: GateResult,
+    approval: dict | None = None,
+    *,
+    settings: Settings | None = None,
 ) -> PromoteResult:
     """Move `champion` to the challenger only when the gate passed and the champion is still
     the version the gate compared against (else `PromotionConflict`), then tell the service.
     The promotion history records it as kind gate, its actor the DAG run id (Airflow's
-    ``AIRFLOW_CTX_DAG_RUN_ID`` in a task; outside Airflow, this OS user)."""
+    ``AIRFLOW_CTX_DAG_RUN_ID`` in a task; outside Airflow, this OS user); or, when a person
+    approved it (`approval`, the answer of `emoflow.approval`), as kind approval by them."""
     settings = settings or Settings()
     if gate.passed:
         compared = gate.champion.version if gate.champion else None
+        reason, kind, actor = (
+            "; ".join(gate.reasons),
+            "gate",
+            os.environ.get("AIRFLOW_CTX_DAG_RUN_ID"),
+        )
+        if approval and approval.get("by"):
+            kind, actor = "approval", approval["by"]
+            reason = f"approved by {actor}" + (
+                f": {approval['reason']}" if approval["reason"] else ""
+            )
         result = registry.promote(
-            settings, model.version, reason="; ".join(gate.reasons), if_champion=compared,
-            kind="gate", actor=os.environ.get("AIRFLOW_CTX_DAG_RUN_ID"),
+            settings, model.version, reason=reason, if_champion=compared, kind=kind, actor=actor,
             link=gate_report_link(settings, model, gate),
         )  # fmt: skip
         if result.promoted:
@@ -170,6 +184,42 @@ def promote(
         previous=previous.version if previous else None,
         reason="gate refused: " + "; ".join(r for r in gate.reasons if r.startswith("FAIL")),
     )
+
+
+def approval_request(gate: GateResult, *, settings: Settings | None = None) -> str:
+    """What a person reads before approving: the gate's summary (verdict, rules) and links to
+    its report and to the challenger's MLflow run."""
+    from ml.gate import summary
+
+    settings = settings or Settings()
+    ref = registry.version_ref(settings, gate.challenger.version)
+    lines = [summary(gate), f"- MLflow run: {registry.run_page(settings, ref.run_id)}"]
+    if (report := gate_report_link(settings, ref, gate)) is not None:
+        lines.append(f"- Gate report: {report}")
+    lines.append(f"- Served now: {settings.service_ui_url}/ready")
+    return "\n".join(lines) + "\n"
+
+
+def reject(
+    model: ModelRef, gate: GateResult, decision: dict, *, settings: Settings | None = None
+) -> None:
+    """Record a person's rejection of the challenger (or the approval's time-out) in the
+    promotion history; nothing moves, the champion stays."""
+    settings = settings or Settings()
+    champion = registry.version_by_alias(settings, registry.CHAMPION)
+    now = champion.version if champion else None
+    why = f"v{model.version} rejected by {decision['by']}"
+    why += f": {decision['reason']}" if decision["reason"] else ""
+    registry.record_event(
+        settings,
+        "rejection",
+        now,
+        now,
+        why,
+        decision["by"],
+        gate_report_link(settings, model, gate),
+    )
+    log.info("promotion history: %s", why)
 
 
 # ---------------------------------------------------------------------------- emotion_monitor
@@ -357,7 +407,12 @@ def call(name: str, *args: object) -> dict | None:
     """Run step `name` as an Airflow task does: each argument that the step types as a record
     arrives as its JSON dict (XCom) and becomes that record; a record returned goes back as
     JSON (a dict or None as it is)."""
-    step = STEPS[name]
+    return run_with_xcom(STEPS[name], *args)
+
+
+def run_with_xcom(step, *args: object):
+    """`call` for any function of this module (the approval task's `approval_request` and
+    `reject` too)."""
     hints = typing.get_type_hints(step)
     records = []
     for parameter, value in zip(inspect.signature(step).parameters.values(), args, strict=False):

@@ -157,6 +157,14 @@ class GateParams(_Section):
         20, ge=1, le=1000, description="Test images timed (one run each) for the median."
     )
     latency_warmup: int = Field(5, ge=0, le=100, description="Untimed runs before timing.")
+    approval: Literal["auto", "human"] = Field(
+        "auto",
+        description="auto: a passing challenger is promoted; human: a person approves it first "
+        "in Airflow (its approval task, or `emoflow model approve|reject`).",
+    )
+    approval_timeout_hours: float = Field(
+        72, gt=0, description="With human approval: hours without an answer count as a rejection."
+    )
 
 
 class DriftParams(_Section):

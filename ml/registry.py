@@ -229,7 +229,7 @@ def promote(
     if old is not None:
         mlflow_client.set_registered_model_alias(name, PREVIOUS, str(old.version))
     mlflow_client.set_registered_model_alias(name, CHAMPION, str(version))
-    _record(settings, kind, now, version, reason, actor, link)
+    record_event(settings, kind, now, version, reason, actor, link)
     return PromoteResult(promoted=True, champion=version, previous=now, reason=reason)
 
 
@@ -245,11 +245,12 @@ def rollback(settings: Settings, *, actor: str | None = None, reason: str = "") 
     return promote(settings, previous.version, reason=why, kind="rollback", actor=actor)
 
 
-def _record(
+def record_event(
     settings: Settings, kind: Kind, old: int | None, new: int, reason: str, actor: str | None,
     link: str | None,
 ) -> None:  # fmt: skip
-    """The history record of an alias move that just happened, then the history page."""
+    """The history record of an event (an alias move that just happened, or a rejection that
+    moved nothing: `old` == `new`), then the history page."""
     from mlflow.exceptions import MlflowException
 
     from ml import history
@@ -284,7 +285,7 @@ def _record_late(
     if events and events[-1].to_version == version:
         return
     note = f"{reason} (recorded late: v{version} was champion already)"
-    _record(settings, kind, previous, version, note, actor, link)
+    record_event(settings, kind, previous, version, note, actor, link)
 
 
 def _alias_version(settings: Settings, alias: str) -> int | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -156,10 +157,7 @@ def test_every_task_links_to_what_it_made_and_each_link_answers(cycle):
         assert response.status_code == 200, (name, url, response.text[:300])
     assert httpx.get(addresses["Data Docs"]).headers["content-type"].startswith("text/html")
     assert httpx.get(addresses["Service ready"]).json()["version"] == 1
-    drift = api._request(
-        "GET", f"/api/v2/dags/{runs.DAG_ID}/dagRuns/{cycle.run_id}/taskInstances/drift/"
-        "xcomEntries/return_value",
-    )["value"]  # fmt: skip
+    drift = pulled(api, cycle.run_id, "drift")
     assert addresses["Drift report"].endswith(Path(drift["html_path"]).name)
     # The MLflow UI's pages are routes after '#' (the server answers its one page for all):
     # what each names must exist in the real server.
@@ -278,3 +276,73 @@ def test_a_bad_batch_stops_the_run_before_training_and_keeps_the_champion(cycle,
     assert registry.version_by_alias(settings, registry.CHAMPION).version == 1
     versions = registry.client(settings).search_model_versions(f"name='{settings.model_name}'")
     assert len(versions) == versions_before
+
+
+def test_a_person_rejects_then_approves_a_challenger_the_gate_passed(cycle):
+    """With human approval (the runs' conf), a challenger the gate passed waits in Airflow's
+    `approve` task, which the CLI answers through the REST API: rejected, the champion stays
+    and the rejection is in the history; the same challenger approved in a second run becomes
+    champion, recorded as that person's approval."""
+    settings, env = cycle.settings, cycle.env
+    original = settings.params_file.read_text()
+    relaxed = yaml.safe_load(original)  # read by each task at run time: these runs pass the gate
+    relaxed["gate"].update(min_improvement=-1.0, max_recall_regression=1.0)
+    settings.params_file.write_text(yaml.safe_dump(relaxed))
+    api = AirflowApi(settings)
+    try:
+        emoflow(env, "data", "add-batch", "--sample", "--seed", "9", "--no-trigger")
+        revision = data_registry.revisions(settings)[-1].name
+        champion = registry.version_by_alias(settings, registry.CHAMPION).version
+
+        def run_and_answer(verdict: str, reason: str) -> tuple[str, int]:
+            conf = {"revision": revision, "epochs": 1, "approval": "human"}
+            run_id = api.trigger(runs.DAG_ID, conf)
+            waiting = lambda: [  # noqa: E731
+                d for d in api.pending_approvals(runs.DAG_ID)
+                if d["task_instance"]["dag_run_id"] == run_id
+            ]  # fmt: skip
+            deadline = time.monotonic() + 600
+            while not waiting():
+                assert api.dag_run(runs.DAG_ID, run_id)["state"] != "failed", run_id
+                assert time.monotonic() < deadline, f"{run_id} never asked for an approval"
+                time.sleep(2)
+            (detail,) = waiting()
+            gate = pulled(api, run_id, "gate")
+            version = gate["challenger"]["version"]
+            assert detail["subject"] == f"Promote v{version} to champion?"
+            assert "Gate PASSED" in detail["body"] and "/artifactPath/gate/" in detail["body"]
+            answered = emoflow(env, "model", verdict, "--reason", reason).stdout
+            assert run_id in answered, answered
+            assert api.wait_for_run(runs.DAG_ID, run_id, 300)["state"] == "success"
+            return run_id, version
+
+        rejected_run, version = run_and_answer("reject", "not before the holidays")
+        assert task_state(api, rejected_run, "promote") == "skipped"
+        assert registry.version_by_alias(settings, registry.CHAMPION).version == champion
+        approved_run, again = run_and_answer("approve", "looks right")
+        assert task_state(api, approved_run, "promote") == "success"
+        assert registry.version_by_alias(settings, registry.CHAMPION).version == again
+
+        history = emoflow(env, "model", "history").stdout.splitlines()
+        rejection = next(line for line in history if " rejection " in line)
+        assert f"v{champion} -> v{champion}" in rejection and "user:admin" in rejection
+        assert f"v{version} rejected by user:admin: not before the holidays" in rejection
+        approval = history[-1]
+        assert " approval " in approval and f"v{champion} -> v{again}" in approval
+        assert "approved by user:admin: looks right" in approval
+    finally:
+        settings.params_file.write_text(original)
+
+
+def pulled(api: AirflowApi, run_id: str, task_id: str) -> dict:
+    """The return value (XCom) of a task instance of `emotion_ct`."""
+    return api._request(
+        "GET", f"/api/v2/dags/{runs.DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/"
+        "xcomEntries/return_value",
+    )["value"]  # fmt: skip
+
+
+def task_state(api: AirflowApi, run_id: str, task_id: str) -> str:
+    return api._request(
+        "GET", f"/api/v2/dags/{runs.DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}"
+    )["state"]

@@ -66,12 +66,13 @@ def test_emotion_ct_parses_wires_the_steps_in_order_and_imports_nothing_heavy(pa
     assert parsed["errors"] == {}
     assert parsed["dag_ids"] == ["emotion_ct", "emotion_labelling", "emotion_monitor"]
     assert parsed["order"] == [
-        "pull", "validate", "train", "register", "gate", "drift", "promote",
+        "pull", "validate", "train", "register", "gate", "drift", "approve", "promote",
     ]  # fmt: skip
     assert parsed["upstream"]["train"] == ["pull", "validate"]
-    assert parsed["upstream"]["promote"] == ["drift", "gate", "register"]
+    assert parsed["upstream"]["approve"] == ["drift"]
+    assert parsed["upstream"]["promote"] == ["approve", "drift", "gate", "register"]
     assert parsed["train"] == {"queue": "gpu", "pool": "gpu"}
-    assert parsed["params"] == ["epochs", "imgsz", "revision"]
+    assert parsed["params"] == ["approval", "epochs", "imgsz", "revision"]
     assert parsed["catchup"] is False and "emoflow" in parsed["tags"] and parsed["doc"]
     # new data revisions (asset events) or the time fallback of params.yaml, whichever first
     assert parsed["timetable"] == "AssetOrTimeSchedule"
@@ -80,7 +81,7 @@ def test_emotion_ct_parses_wires_the_steps_in_order_and_imports_nothing_heavy(pa
     assert parsed["links"] == {
         "pull": [], "validate": ["Data Docs"], "train": ["MLflow run"],
         "register": ["MLflow model version"], "gate": ["Gate report"], "drift": ["Drift report"],
-        "promote": ["Service ready"],
+        "approve": [], "promote": ["Service ready"],
     }  # fmt: skip
     assert parsed["heavy"] == []
 
