@@ -286,6 +286,8 @@ def _log_to_run(settings: Settings, run_id: str, result: GateResult) -> None:
         client.log_artifact(run_id, str(path), artifact_path="gate")
     metrics = {"test_map50": result.challenger.map50,
                "test_map50_95": result.challenger.map50_95}  # fmt: skip
+    # per-class test recall as metrics, so MLflow's compare view of two runs shows the rule
+    metrics |= {f"test_recall_{cls}": r for cls, r in result.challenger.per_class_recall.items()}
     if result.latency_ms is not None:
         metrics["gate_latency_ms"] = result.latency_ms
     if (b := result.bootstrap) is not None:

@@ -233,8 +233,10 @@ def test_the_step_logs_to_the_training_run_without_reopening_it(
     assert result.challenger.images == 6 and result.report_path.is_file()
     after = client.get_run(run_id)
     assert (after.info.status, after.info.end_time) == ("FINISHED", finished.end_time)
-    assert after.data.metrics == pytest.approx(
+    recall = result.challenger.per_class_recall
+    assert recall and after.data.metrics == pytest.approx(
         {"test_map50": result.challenger.map50, "test_map50_95": result.challenger.map50_95}
+        | {f"test_recall_{cls}": value for cls, value in recall.items()}
     )
     logged = sorted(a.path for a in client.list_artifacts(run_id, "gate"))
     assert logged == [f"gate/eval-v{version}.npz", f"gate/gate-v{version}.json",
