@@ -1,14 +1,13 @@
-"""A screenshot of the Airflow UI's approval page for a challenger the gate passed.
+"""Screenshots of the Airflow UI: a task's links to what it made, and the approval page.
 
 One throwaway emoflow home (free ports): MLflow and Airflow's scheduler start, r1 of the sample
 data is recorded with ``gate.approval: human`` and tiny training, and once its run waits in
-`approve` headless Chromium (Debian's, as tests/serving/test_web_page.py uses) opens the
-`approve` task's required action with the admin's token (the gate's summary and links, a reason,
-Approve / Reject) and saves it as docs/screenshots/approval.png.
+`approve` headless Chromium (Debian's, as tests/serving/test_web_page.py uses) opens two pages
+with the admin's token and saves them under docs/screenshots/:
 
-The task pages of Airflow 3.3.2's UI showed no extra-link buttons in headless Chromium, though
-the REST API returns the links (tests/e2e/test_e2e.py reads and fetches them); so no screenshot
-of them is taken.
+    task-links.png   the Details tab of that run's `train` task: its "MLflow run" link button
+    approval.png     the `approve` task's required action: the gate's summary and links, a
+                     reason, Approve / Reject
 
     .venv/bin/python docs/screenshots.py
 """
@@ -73,6 +72,7 @@ def shoot(settings: Settings, token: str, run_id: str) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     base = settings.airflow_url
     pages = {
+        "task-links.png": f"{base}/dags/{runs.DAG_ID}/runs/{run_id}/tasks/train/details",
         "approval.png": f"{base}/dags/{runs.DAG_ID}/runs/{run_id}/tasks/approve/required_actions",
     }
     with sync_playwright() as playwright:
