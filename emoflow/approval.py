@@ -45,10 +45,13 @@ class GateApproval(ApprovalOperator):
         from emoflow import steps
 
         user = event.get("responded_by_user") or {}
+        reason = (event.get("params_input") or {}).get("reason") or ""
+        if not user.get("name"):  # the scheduler answered with the default: no one did in time
+            reason = reason or f"no answer within {self.response_timeout}"
         decision = {
             "approved": event.get("chosen_options") == [self.APPROVE],
-            "by": f"user:{user['name']}" if user.get("name") else "airflow:no answer in time",
-            "reason": (event.get("params_input") or {}).get("reason") or "",
+            "by": f"user:{user['name']}" if user.get("name") else "airflow:time-out",
+            "reason": reason,
         }
         if not decision["approved"]:  # recorded first: the rejection's skip of promote raises
             model, gate = (context["ti"].xcom_pull(task_ids=t) for t in ("register", "gate"))
@@ -64,7 +67,9 @@ def approval_task() -> GateApproval:
         task_id=TASK_ID,
         subject="Promote the challenger to champion?",
         defaults=ApprovalOperator.REJECT,
-        params={"reason": Param("", type="string", description="Why (kept in the history).")},
+        params={
+            "reason": Param(None, type=["null", "string"], description="Why (kept in the history).")
+        },
         response_timeout=timedelta(hours=hours),
         retries=0,
     )
