@@ -279,14 +279,14 @@ def test_a_bad_batch_stops_the_run_before_training_and_keeps_the_champion(cycle,
 
 
 def test_a_person_rejects_then_approves_a_challenger_the_gate_passed(cycle):
-    """With human approval (the runs' conf), a challenger the gate passed waits in Airflow's
+    """With `gate.approval: human` in params, a challenger the gate passed waits in Airflow's
     `approve` task, which the CLI answers through the REST API: rejected, the champion stays
     and the rejection is in the history; the same challenger approved in a second run becomes
     champion, recorded as that person's approval."""
     settings, env = cycle.settings, cycle.env
     original = settings.params_file.read_text()
     relaxed = yaml.safe_load(original)  # read by each task at run time: these runs pass the gate
-    relaxed["gate"].update(min_improvement=-1.0, max_recall_regression=1.0)
+    relaxed["gate"].update(min_improvement=-1.0, max_recall_regression=1.0, approval="human")
     settings.params_file.write_text(yaml.safe_dump(relaxed))
     api = AirflowApi(settings)
     try:
@@ -295,7 +295,7 @@ def test_a_person_rejects_then_approves_a_challenger_the_gate_passed(cycle):
         champion = registry.version_by_alias(settings, registry.CHAMPION).version
 
         def run_and_answer(verdict: str, reason: str) -> tuple[str, int]:
-            conf = {"revision": revision, "epochs": 1, "approval": "human"}
+            conf = {"revision": revision, "epochs": 1}
             run_id = api.trigger(runs.DAG_ID, conf)
             waiting = lambda: [  # noqa: E731
                 d for d in api.pending_approvals(runs.DAG_ID)
