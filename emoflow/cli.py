@@ -128,7 +128,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> None:
         print(f"running {DAG_ID} in-process (airflow dags test) with {json.dumps(conf)} ...")
         print(f"{DAG_ID} succeeded; log: {runs.debug_run(settings, conf)}")
         return
-    start_airflow(settings, timeout=300)
+    # Airflow's parts only: announcing a revision recorded while it was down (or with
+    # --no-trigger) would start a second run beside the one triggered here
+    services.start_airflow(settings, timeout=300)
     run_id = runs.trigger(settings, conf)
     print(f"triggered {DAG_ID} run {run_id} with {json.dumps(conf)}; following it ...", flush=True)
     runs.follow(settings, run_id)

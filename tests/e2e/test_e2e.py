@@ -210,8 +210,14 @@ def test_a_weaker_challenger_is_refused_and_a_forced_promotion_can_be_rolled_bac
     settings, env = cycle.settings, cycle.env
     emoflow(env, "data", "add-batch", "--sample", "--seed", "7", "--note", "two", "--no-trigger")
     revision = data_registry.revisions(settings)[-1].name
+    api = AirflowApi(settings)
+    asset_runs = lambda: [  # noqa: E731
+        r["dag_run_id"] for r in api.dag_runs(runs.DAG_ID) if r["run_type"] == "asset_triggered"
+    ]
+    before = asset_runs()
     run = emoflow(env, "run", "--revision", revision, "--epochs", "1")
     assert "task promote: success" in run.stdout and "succeeded" in run.stdout
+    assert asset_runs() == before  # the --no-trigger revision started no run of its own
     client = registry.client(settings)
     challenger = registry.version_by_alias(settings, registry.CHALLENGER)
     assert challenger.version == 2
