@@ -46,7 +46,9 @@ DEFAULT_ARGS = {"retries": 1, "retry_delay": pendulum.duration(seconds=30)}
         "epochs": Param(None, type=["null", "integer"], minimum=1, description="Override epochs."),
         "imgsz": Param(None, type=["null", "integer"], minimum=32, description="Override imgsz."),
         "approval": Param(
-            None, type=["null", "string"], enum=[None, "auto", "human"],
+            None,
+            type=["null", "string"],
+            enum=[None, "auto", "human"],
             description="Override gate.approval: human = a person approves the promotion.",
         ),  # fmt: skip
     },
