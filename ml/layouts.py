@@ -42,7 +42,13 @@ from typing import Any
 import yaml
 
 from ml.config import EMOTIONS
-from ml.dataset_format import SPLITS, list_images, read_label, write_data_yaml
+from ml.dataset_format import (
+    LABEL_SUFFIX,
+    SPLITS,
+    list_images,
+    read_label,
+    write_data_yaml,
+)
 
 SPLIT_FOLDERS: dict[str, str] = {"train": "train", "val": "valid", "valid": "valid", "test": "test"}
 """Split folder (or data.yaml key) -> canonical split name."""
@@ -275,6 +281,34 @@ def _convert_yolo(splits: _YoloSplits, out: Path) -> dict[str, dict[str, int]]:
                 (labels_out / Path(name).with_suffix(".txt").name).write_text(text)
             _count(counts[split], ids)
     return counts
+
+
+def unpaired_files(source: Path) -> list[str]:
+    """Images without a label file (recorded as background images, no face) and label files
+    without an image (left out), for a batch in a YOLO layout; one line per file, paths as in
+    `source`. Other layouts pair images and labels themselves: none."""
+    source = Path(source)
+    layout = detect_layout(source)
+    if layout not in ("affectnet", "yolo"):
+        return []
+    lines = []
+    for folder in _yolo_splits(source, layout).images.values():
+        images = list_images(folder, recursive=True)
+        stems = {image.with_suffix("") for image in images}
+        for image in images:
+            if not _label_path(image).is_file():
+                lines.append(f"{_shown(image, source)}: no label file; recorded as a background "
+                             f"image (no face)")  # fmt: skip
+        label_root = _label_path(folder / "x.png").parent
+        for label in sorted(label_root.rglob(f"*{LABEL_SUFFIX}")) if label_root.is_dir() else []:
+            image_stem = Path(str(label).replace(str(label_root), str(folder), 1)).with_suffix("")
+            if label.name != "classes.txt" and image_stem not in stems:
+                lines.append(f"{_shown(label, source)}: no image with this name; left out")
+    return lines
+
+
+def _shown(path: Path, source: Path) -> str:
+    return str(path.relative_to(source)) if path.is_relative_to(source) else str(path)
 
 
 def _remap_label(
