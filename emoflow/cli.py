@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -50,34 +51,88 @@ def _sample_batch(settings: Settings, args: argparse.Namespace, name: str) -> Pa
     return out
 
 
+def _batch_source(args: argparse.Namespace, settings: Settings) -> tuple[Path, str]:
+    """The batch folder a command names (`--from`, or a generated `--sample`) and its note."""
+    if args.source is not None and not args.sample:
+        if not args.source.strip():
+            raise ValueError("--from needs a folder (or a Label Studio export .json)")
+        return Path(args.source), args.note or f"folder {args.source}"
+    if not args.sample:
+        raise ValueError(f"{args.data_command} needs --from DIR (a batch to record) or --sample")
+    seed = args.seed if args.seed is not None else len(data_registry.revisions(settings))
+    args.seed = seed
+    note = args.note or (
+        f"sample batch seed={seed} brightness={args.brightness} "
+        f"contrast={args.contrast} face_scale={args.face_scale}"
+    )
+    return _sample_batch(settings, args, f"sample-{seed}"), note
+
+
+def _validation(settings: Settings) -> data_registry.Check:
+    """The validate step's rules and Data Docs, run on a dataset before it is recorded."""
+    from ml import validate as validation
+
+    params = load_params(settings.params_file)
+
+    def check(staged, latest):
+        quiet = logging.getLogger("ml.validate")  # its lines are in the error this command prints
+        quiet.disabled = True
+        try:
+            return validation.validate(staged, params.validate_, settings.gx_dir, latest)
+        finally:
+            quiet.disabled = False
+
+    return check
+
+
+def _listed_files(listing: str | None) -> list[str]:
+    """Dataset paths, one per line, from a file (`-`: standard input)."""
+    if listing is None:
+        return []
+    text = sys.stdin.read() if listing == "-" else Path(listing).read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _print_recorded(args: argparse.Namespace, settings: Settings, revision) -> None:
+    print(f"{revision.name}  {revision.digest}  {revision.message}")
+    for line in revision.warnings:
+        print(f"warning: {line}")
+    if args.no_trigger:
+        print(f"not announced to Airflow (--no-trigger): the next {DAG_ID} run reads it")
+    else:
+        print(revisions.announce(settings, revision))
+
+
 def cmd_data(args: argparse.Namespace, settings: Settings) -> None:
     if args.data_command == "init":
         repo = data_registry.init(settings)
         print(f"data registry: {repo} (DVC remote: {settings.remote_url})")
         if args.sample or args.source:
-            cmd_data(argparse.Namespace(**{**vars(args), "data_command": "add-batch"}), settings)
-    elif args.data_command == "add-batch":
-        if args.source is not None and not args.sample:
-            if not args.source.strip():
-                raise ValueError("--from needs a folder (or a Label Studio export .json)")
-            source, note = Path(args.source), args.note or f"folder {args.source}"
-        elif not args.sample:
-            raise ValueError("add-batch needs --from DIR (a batch to record) or --sample")
-        else:
-            seed = args.seed if args.seed is not None else len(data_registry.revisions(settings))
-            args.seed = seed
-            source = _sample_batch(settings, args, f"sample-{seed}")
-            note = (
-                args.note
-                or f"sample batch seed={seed} brightness={args.brightness} "
-                f"contrast={args.contrast} face_scale={args.face_scale}"
+            cmd_data(
+                argparse.Namespace(**{**vars(args), "data_command": "add-batch", "force": False}),
+                settings,
             )
-        revision = data_registry.add_batch(settings, source, note)
-        print(f"{revision.name}  {revision.digest}  {revision.message}")
-        if args.no_trigger:
-            print(f"not announced to Airflow (--no-trigger): the next {DAG_ID} run reads it")
-        else:
-            print(revisions.announce(settings, revision))
+    elif args.data_command == "add-batch":
+        source, note = _batch_source(args, settings)
+        revision = data_registry.add_batch(
+            settings, source, note, check=_validation(settings), force=args.force
+        )
+        _print_recorded(args, settings, revision)
+    elif args.data_command == "validate":
+        source, _ = _batch_source(args, settings)
+        result = data_registry.check_batch(settings, source, _validation(settings))
+        for line in result.warnings:
+            print(f"warning: {line}")
+        if not result.ok:
+            raise data_registry.BatchRefused(f"batch {source}", result)
+        print(f"{source}: valid; `emoflow data add-batch` would record it as {result.revision} "
+              f"(Data Docs: {result.docs_url})")  # fmt: skip
+    elif args.data_command == "remove":
+        revision = data_registry.remove(
+            settings, args.reason, batch=args.batch, files=_listed_files(args.files),
+            check=_validation(settings), force=args.force,
+        )  # fmt: skip
+        _print_recorded(args, settings, revision)
     elif args.data_command == "log":
         for rev in reversed(data_registry.revisions(settings)):
             splits = "  ".join(f"{split} {c['images']}" for split, c in rev.counts.items())
@@ -124,6 +179,7 @@ def cmd_stop(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> None:
     conf = {"revision": args.revision, "epochs": args.epochs, "imgsz": args.imgsz}
+    data_registry.revision(settings, args.revision)  # an unknown one fails here, not in `pull`
     if args.debug:
         print(f"running {DAG_ID} in-process (airflow dags test) with {json.dumps(conf)} ...")
         print(f"{DAG_ID} succeeded; log: {runs.debug_run(settings, conf)}")
@@ -262,7 +318,10 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
     if not data_registry.revisions(settings):
         step("generating the sample dataset and recording revision r1 in the DVC registry")
         args.seed, args.source, args.sample = None, None, True
-        cmd_data(argparse.Namespace(**{**vars(args), "data_command": "add-batch"}), settings)
+        cmd_data(
+            argparse.Namespace(**{**vars(args), "data_command": "add-batch", "force": False}),
+            settings,
+        )
         run_id = runs.wait_for_new_run(settings, since)
         step(f"the new revision started {DAG_ID} run {run_id} (scheduler, LocalExecutor); "
              "training is the long part")  # fmt: skip
@@ -317,6 +376,13 @@ def _add_sample_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--face-scale", type=float, default=1.0, help="sample shift: face size")
 
 
+def _add_force_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--force", action="store_true",
+        help="record even if validation finds errors (the revision says so)",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emoflow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -324,7 +390,21 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="the versioned dataset (DVC)")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     _add_sample_options(data_sub.add_parser("init", help="create the registry (and revision r1)"))
-    _add_sample_options(data_sub.add_parser("add-batch", help="append a batch: a new revision"))
+    add_batch = data_sub.add_parser("add-batch", help="append a batch: a new revision")
+    _add_sample_options(add_batch)
+    _add_force_option(add_batch)
+    _add_sample_options(
+        data_sub.add_parser(
+            "validate", help="validate a batch with the latest data; record nothing"
+        )
+    )
+    remove = data_sub.add_parser("remove", help="a new revision without a batch's (or named) files")
+    taken = remove.add_mutually_exclusive_group(required=True)
+    taken.add_argument("--batch", help="the revision whose batch goes (rN)")
+    taken.add_argument("--files", help="a file of dataset paths to remove, one per line (- stdin)")
+    remove.add_argument("--reason", required=True, help="why the data goes (kept in the revision)")
+    remove.add_argument("--no-trigger", action="store_true", help="record without the asset event")
+    _add_force_option(remove)
     data_sub.add_parser("log", help="list revisions, newest first")
     pull = data_sub.add_parser("pull", help="pull a revision into a workspace")
     pull.add_argument("revision", nargs="?", default="latest")

@@ -267,8 +267,15 @@ def test_a_bad_batch_stops_the_run_before_training_and_keeps_the_champion(cycle,
     experiment = client.get_experiment_by_name("emotion-detector")
     runs_before = len(client.search_runs([experiment.experiment_id]))
 
+    latest = data_registry.revisions(settings)[-1]
+    refused = emoflow(env, "data", "add-batch", "--from", str(batch), check=False)
+    assert refused.returncode == 2 and "train/labels/bad0.txt:1: class_id_range" in refused.stderr
+    assert data_registry.revisions(settings)[-1] == latest  # nothing recorded, nothing run
+
     since = datetime.now(UTC)
-    added = emoflow(env, "data", "add-batch", "--from", str(batch), "--note", "broken labels")
+    added = emoflow(
+        env, "data", "add-batch", "--from", str(batch), "--note", "broken labels", "--force"
+    )
     assert "emotion_ct will run" in added.stdout  # the asset event starts the run, nothing else
     run_id = runs.wait_for_new_run(settings, since, timeout=120)
     with pytest.raises(runs.RunFailed, match="validate"):
@@ -282,6 +289,11 @@ def test_a_bad_batch_stops_the_run_before_training_and_keeps_the_champion(cycle,
     assert registry.version_by_alias(settings, registry.CHAMPION).version == 1
     versions = registry.client(settings).search_model_versions(f"name='{settings.model_name}'")
     assert len(versions) == versions_before
+
+    # Taken out again: the next revision holds exactly the data from before the bad batch.
+    emoflow(env, "data", "remove", "--batch", bad_revision, "--reason", "broken labels",
+            "--no-trigger")  # fmt: skip
+    assert data_registry.revisions(settings)[-1].digest == latest.digest
 
 
 def test_a_person_rejects_then_approves_a_challenger_the_gate_passed(cycle):
