@@ -14,6 +14,10 @@ COPY dags dags
 COPY plugins plugins
 COPY params.yaml ./
 RUN uv pip install --system --no-deps -e .
+# The image has no .git: the commit it was built from is its code's identity in MLflow lineage
+# (`GIT_COMMIT=$(git rev-parse HEAD) docker compose build`).
+ARG GIT_COMMIT=unknown
+ENV EMOFLOW_GIT_COMMIT=${GIT_COMMIT}
 ENV AIRFLOW__CORE__DAGS_FOLDER=/opt/emoflow/dags \
     AIRFLOW__CORE__PLUGINS_FOLDER=/opt/emoflow/plugins \
     AIRFLOW__CORE__LOAD_EXAMPLES=False \

@@ -20,6 +20,7 @@ from pathlib import Path
 from ml import registry, yolo
 from ml.config import PROJECT_ROOT, Settings, resolve_device
 from ml.energy import EnergyMeter
+from ml.lineage import UNKNOWN
 from ml.params import TrainParams
 from ml.records import DatasetRef, ReproduceResult, TrainResult
 
@@ -44,7 +45,12 @@ def _metric_name(key: str) -> str:
 
 
 def _find_earlier_run(tags: dict[str, str]) -> str | None:
+    """The newest finished run with these tags; none when the code is unknown (no git, no
+    build commit), since runs of any code would match."""
     import mlflow
+
+    if tags.get("git_commit", UNKNOWN) == UNKNOWN:
+        return None
 
     query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
     runs = mlflow.search_runs(
