@@ -18,7 +18,7 @@ from pathlib import Path
 from emoflow import revisions, runs, services
 from emoflow.airflow_api import AirflowApi, AirflowApiError
 from emoflow.runs import DAG_ID
-from ml import data_registry
+from ml import data_registry, registry
 from ml.config import ConfigError, Settings
 from ml.params import load_params
 from ml.registry import RegistryError
@@ -469,6 +469,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # a person waits: seconds
     try:
         settings = Settings()
         COMMANDS[args.command](args, settings)
@@ -480,7 +481,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a server's answer (MLflow, HTTP): one line, not a stack trace
         if not type(exc).__module__.startswith(("mlflow", "httpx", "requests")):
             raise
-        print(f"emoflow: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        fault = registry.unreachable(exc)
+        print(f"emoflow: error: {fault or f'{type(exc).__name__}: {exc}'}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -418,5 +418,10 @@ def run_with_xcom(step, *args: object):
     for parameter, value in zip(inspect.signature(step).parameters.values(), args, strict=False):
         kind = _record_type(hints.get(parameter.name))
         records.append(kind.model_validate(value) if kind and value is not None else value)
-    result = step(*records)
+    try:
+        result = step(*records)
+    except Exception as exc:
+        if (fault := registry.unreachable(exc)) is not None:
+            raise fault from exc  # a clear line in the task log; Airflow retries the task
+        raise
     return result.model_dump(mode="json") if isinstance(result, Record) else result

@@ -8,6 +8,7 @@ move is recorded in the promotion history (`ml.history`, tags of the registered 
 from __future__ import annotations
 
 import logging
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +34,33 @@ class RegistryError(RuntimeError):
 
 class PromotionConflict(RegistryError):
     """The champion changed between the gate's comparison and the promotion."""
+
+
+class MlflowUnreachable(RegistryError):
+    """MLflow's server did not answer (stopped, restarting, a wrong address): worth a retry,
+    unlike a refusal."""
+
+
+_FAILED_REQUEST = re.compile(
+    r"API request to (?P<url>\S+?) failed with (?:timeout )?exception (?P<cause>.*)", re.S
+)
+
+
+def unreachable(exc: BaseException) -> MlflowUnreachable | None:
+    """`exc` as an `MlflowUnreachable` naming the server and the cause, when it is MLflow's
+    client failing to reach its server (after its own retries); else None."""
+    if not type(exc).__module__.startswith("mlflow"):
+        return None
+    match = _FAILED_REQUEST.match(getattr(exc, "message", str(exc)))
+    if match is None:
+        return None
+    server = match["url"].split("/api/", 1)[0]
+    errno = re.search(r"\[Errno -?\d+\] [^'\")\]]+", match["cause"])
+    cause = errno.group(0) if errno else match["cause"].strip()[:160]
+    return MlflowUnreachable(
+        f"MLflow at {server} is unreachable ({cause}); is its server running "
+        "(`emoflow start mlflow`, or EMOFLOW_MLFLOW_TRACKING_URI)?"
+    )
 
 
 MODEL_ARTIFACT = "model"  # name of the logged ONNX model inside each training run

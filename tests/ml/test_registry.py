@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -140,3 +141,30 @@ def test_an_unreachable_mlflow_is_named_not_reported_as_a_missing_version(
         registry.promote(nowhere, 1, "manual")
     with pytest.raises(LookupError, match="has no version 99"):
         registry.promote(settings, 99, "manual")
+
+
+def test_a_task_and_a_command_say_mlflow_is_unreachable(settings, free_port, monkeypatch):
+    """A stopped MLflow is named in an Airflow task's error (which Airflow then retries) and in
+    the command's one line, never a stack trace or "not found"."""
+    port = free_port()
+    nowhere = settings.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{port}"})
+    env = services.settings_env(nowhere)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    trained = TrainResult(
+        run_id="r" * 32, model_uri="models:/m-1", weights=Path("/nowhere/best.pt"),
+        onnx=Path("/nowhere/best.onnx"), metrics={}, device="cpu", seconds=1.0, imgsz=64,
+    )  # fmt: skip
+    said = (
+        rf"MLflow at http://127\.0\.0\.1:{port} is unreachable \(\[Errno 111\] Connection refused\)"
+    )
+    with pytest.raises(registry.MlflowUnreachable, match=said):
+        steps.call("register", trained.model_dump(mode="json"), DATASET.model_dump(mode="json"))
+
+    listed = subprocess.run(
+        [str(services.BIN / "emoflow"), "model", "list"], env=env, capture_output=True,
+        text=True, cwd=PROJECT_ROOT, timeout=120,
+    )  # fmt: skip
+    assert listed.returncode == 2
+    assert re.fullmatch(f"emoflow: error: {said}.*\n", listed.stderr), listed.stderr
