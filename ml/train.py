@@ -7,12 +7,19 @@ ONNX export, the results table, per-class metrics and the validation plots (conf
 precision/recall curves). A run is found again by its tags: training the same data digest with
 the same params and code returns the earlier run instead of training a second time (unless
 `reuse=False`, as `model reproduce` asks).
+
+A training whose process died (killed, out of memory, a lost worker) leaves its run RUNNING.
+The next attempt with the same identity (the Airflow task's retry, or the same command again on
+that host) finds it by its owner tag and resumes it from its last checkpoint, in the same run:
+one run, one model version, no epoch trained twice.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import socket
 import statistics
 import time
 from pathlib import Path
@@ -31,6 +38,8 @@ PLOTS = (
     "confusion_matrix.png", "confusion_matrix_normalized.png", "BoxPR_curve.png",
     "BoxP_curve.png", "BoxR_curve.png", "BoxF1_curve.png",
 )  # fmt: skip
+OWNER_TAG = "emoflow.owner"
+RESUMED_TAG = "emoflow.resumed_from_epoch"
 FINAL_METRICS = {
     "map50": "metrics/mAP50(B)",
     "map50_95": "metrics/mAP50-95(B)",
@@ -61,6 +70,47 @@ def _find_earlier_run(tags: dict[str, str]) -> str | None:
         output_format="list",
     )
     return runs[0].info.run_id if runs else None
+
+
+def owner() -> str:
+    """Who trains: the Airflow task (its retries share the name) or this host's process."""
+    task = [os.environ.get(f"AIRFLOW_CTX_{key}") for key in ("DAG_ID", "DAG_RUN_ID", "TASK_ID")]
+    if all(task):
+        return "airflow:" + "/".join(task)  # type: ignore[arg-type]
+    return f"process:{socket.gethostname()}:{os.getpid()}"
+
+
+def _dead(run_owner: str) -> bool:
+    """Whether the trainer that tagged a run RUNNING is gone: an earlier attempt of this very
+    Airflow task (Airflow runs one attempt at a time), or a process of this host that is no
+    longer alive. A trainer elsewhere cannot be checked and is left alone."""
+    if run_owner.startswith("airflow:"):
+        return run_owner == owner()
+    kind, _, where = run_owner.partition(":")
+    host, _, pid = where.rpartition(":")
+    if kind != "process" or host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _orphan_run(tags: dict[str, str]):
+    """The newest RUNNING run with these tags whose trainer died, if any."""
+    import mlflow
+
+    query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+    running = mlflow.search_runs(
+        experiment_names=[EXPERIMENT],
+        filter_string=f"{query} and attributes.status = 'RUNNING'",
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
+    )
+    return next((run for run in running if _dead(run.data.tags.get(OWNER_TAG, ""))), None)
 
 
 class TrainingError(ValueError):
@@ -195,19 +245,35 @@ def train(
     imgsz = data_imgsz(dataset.path) if params.imgsz == "auto" else params.imgsz
     started = time.monotonic()
     run_tags = {**identity, "data_revision": dataset.revision, "data_commit": dataset.commit}
+    orphan = _orphan_run(identity) if reuse else None
+    checkpoint = out_dir / orphan.info.run_id / "weights" / "last.pt" if orphan else None
+    if orphan is not None and not checkpoint.is_file():  # died before its first epoch ended
+        registry.client(settings).set_terminated(orphan.info.run_id, "FAILED")
+        orphan = None
     mlflow.set_system_metrics_sampling_interval(5)
     with mlflow.start_run(
-        run_name=f"train-{dataset.revision}", tags=run_tags, log_system_metrics=True
+        run_id=orphan.info.run_id if orphan else None,
+        run_name=None if orphan else f"train-{dataset.revision}",
+        tags={**({} if orphan else run_tags), OWNER_TAG: owner()},
+        log_system_metrics=True,
     ) as run:
-        mlflow.log_params({**params.model_dump(), "device_used": device, "imgsz_used": imgsz})
-        mlflow.log_input(
-            MetaDataset(
-                source=resolve_dataset_source(str(dataset.path)),
-                name=f"emotions@{dataset.revision}",
-                digest=dataset.digest,
-            ),
-            context="training",
-        )
+        if orphan is None:
+            mlflow.log_params({**params.model_dump(), "device_used": device, "imgsz_used": imgsz})
+            mlflow.log_input(
+                MetaDataset(
+                    source=resolve_dataset_source(str(dataset.path)),
+                    name=f"emotions@{dataset.revision}",
+                    digest=dataset.digest,
+                ),
+                context="training",
+            )
+        else:
+            logged = registry.client(settings).get_metric_history(
+                run.info.run_id, _metric_name(FINAL_METRICS["map50"])
+            )
+            resumed = max((m.step for m in logged), default=-1) + 2  # 1-based, the next one
+            mlflow.set_tag(RESUMED_TAG, str(resumed))
+            log.info("resuming run %s at epoch %d from %s", run.info.run_id, resumed, checkpoint)
 
         def log_epoch(trainer) -> None:
             metrics = {**trainer.label_loss_items(trainer.tloss, prefix="train"), **trainer.metrics}
@@ -224,26 +290,29 @@ def train(
                 metrics.get(FINAL_METRICS["map50_95"], 0.0), time.monotonic() - started,
             )  # fmt: skip
 
-        model = ultralytics.YOLO(start_from)
+        model = ultralytics.YOLO(str(checkpoint) if orphan else start_from)
         model.add_callback("on_fit_epoch_end", log_epoch)
         with EnergyMeter(price_per_kwh=settings.energy_price_per_kwh) as meter:
-            model.train(
-                data=str(dataset.path / "data.yaml"),
-                imgsz=imgsz,
-                epochs=params.epochs,
-                batch=params.batch,
-                patience=params.patience,
-                seed=params.seed,
-                deterministic=True,
-                device=device,
-                workers=params.workers,
-                amp=device != "cpu",
-                plots=False,
-                project=str(out_dir),
-                name=run.info.run_id,
-                exist_ok=True,
-                verbose=False,
-            )
+            if orphan is not None:  # its own arguments, from the checkpoint
+                model.train(resume=True)
+            else:
+                model.train(
+                    data=str(dataset.path / "data.yaml"),
+                    imgsz=imgsz,
+                    epochs=params.epochs,
+                    batch=params.batch,
+                    patience=params.patience,
+                    seed=params.seed,
+                    deterministic=True,
+                    device=device,
+                    workers=params.workers,
+                    amp=device != "cpu",
+                    plots=False,
+                    project=str(out_dir),
+                    name=run.info.run_id,
+                    exist_ok=True,
+                    verbose=False,
+                )
         energy = meter.reading()
         mlflow.log_metrics(energy.as_metrics())
         mlflow.set_tags(energy.as_tags())
