@@ -267,6 +267,7 @@ def _stage_batch(
     staging = data_writes.fresh_staging(repo_path)
     if base is not None:
         _copy_dataset(pull(settings, base.name).path, staging)
+    settings.home.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="batch-", dir=settings.home) as tmp:
         try:
             layouts.to_canonical(source, Path(tmp) / "batch")
@@ -469,6 +470,11 @@ def pull(settings: Settings, name: str = "latest") -> DatasetRef:
         try:
             Repo.get(settings.registry_repo, DATASET, out=str(tmp / "data"), rev=rev.commit)
             os.replace(tmp / "data", workspace)
+        except Exception as exc:  # DVC's errors and the remote's (OSError, botocore, ...)
+            raise DataRegistryError(
+                f"{rev.name}: could not be fetched from the DVC remote of {settings.registry_repo}"
+                f" (unreachable, or it lacks the data: {type(exc).__name__}: {exc})"
+            ) from exc
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return DatasetRef(revision=rev.name, commit=rev.commit, digest=rev.digest, path=workspace)

@@ -88,11 +88,11 @@ def recover(repo: Path) -> None:
     if journal.exists():
         written = json.loads(journal.read_text())
         if not git(repo, "tag", "--list", written["tag"]):
-            git(repo, "reset", "--quiet", "--hard", written["head"])
             previous, dataset = repo / PREVIOUS, repo / written["dataset"]
-            if previous.is_dir():
+            if previous.is_dir():  # first, as it frees the space a full disk needs for git
                 shutil.rmtree(dataset, ignore_errors=True)
                 os.replace(previous, dataset)
+            git(repo, "reset", "--quiet", "--hard", written["head"])
         journal.unlink()
     for name in (STAGING, PREVIOUS):
         shutil.rmtree(repo / name, ignore_errors=True)

@@ -97,9 +97,12 @@ def register(
     mlflow_client = client(settings)
     name = settings.model_name
     existing = mlflow_client.search_model_versions(f"name='{name}' and run_id='{train.run_id}'")
-    if existing:
-        version = min(int(v.version) for v in existing)
-        return ModelRef(name=name, version=version, run_id=train.run_id)
+    if existing:  # a rerun; the alias again too, in case the first attempt died before it
+        ref = ModelRef(
+            name=name, version=min(int(v.version) for v in existing), run_id=train.run_id
+        )
+        mlflow_client.set_registered_model_alias(name, CHALLENGER, str(ref.version))
+        return ref
     from mlflow.exceptions import MlflowException
 
     tags = {
@@ -234,7 +237,7 @@ def promote(
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise LookupError(f"model '{name}' has no version {version}") from None
-        raise RegistryError(
+        raise unreachable(exc) or RegistryError(
             f"MLflow at {settings.mlflow_tracking_uri} could not be asked for version {version} "
             f"of '{name}' ({exc.error_code}): {str(exc)[:300]}"
         ) from None

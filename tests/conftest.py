@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from emoflow import services
-from ml import yolo
+from ml import registry, yolo
 from ml.config import EMOTIONS, Settings
+from ml.records import TrainResult
 
 
 def _free_port() -> int:
@@ -90,6 +91,28 @@ def _tiny_onnx(path: Path) -> Path:
     )  # fmt: skip
     onnx.save(helper.make_model(graph), path)
     return path
+
+
+def _logged_run(settings: Settings, folder: Path, name: str) -> TrainResult:
+    """A finished MLflow run with model files logged (a tiny ONNX model), as training leaves."""
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)  # the fluent run below logs there
+    mlflow.set_experiment("registry-test")
+    weights = folder / f"{name}.pt"
+    weights.write_bytes(b"weights " + name.encode())
+    with mlflow.start_run() as run:
+        uri = registry.log_model_files(weights, _tiny_onnx(folder / f"{name}.onnx"))
+    return TrainResult(
+        run_id=run.info.run_id, model_uri=uri, weights=weights, onnx=folder / f"{name}.onnx",
+        metrics={"map50": 0.5}, device="cpu", seconds=1.0, imgsz=64,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def logged_run():
+    """A function `(settings, folder, name) -> TrainResult`: a run with model files logged."""
+    return _logged_run
 
 
 @pytest.fixture(scope="session")

@@ -154,6 +154,7 @@ def test_removing_named_files_takes_their_partners_and_keeps_the_reason(settings
         data_registry.remove(settings, " ", batch="r1")
 
 
+@pytest.mark.faults
 def test_a_push_that_fails_leaves_the_registry_as_it_was(settings, tmp_path: Path):
     """The DVC remote made unreachable (its URL a plain file) while r2 is being recorded."""
     data_registry.add_batch(settings, batch(tmp_path / "a", "a", 1), "a")
@@ -200,6 +201,7 @@ data_registry.add_batch(Settings(), Path(sys.argv[2]), "killed")
 """
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("point", ["swap", "add data/emotions.dvc", "commit", "tag r2"])
 def test_a_write_killed_part_way_is_undone_by_the_next_one(settings, tmp_path: Path, point):
     """Killed between the two renames of the swap, after the DVC push (at `git add`), before
@@ -233,6 +235,7 @@ print(data_registry.add_batch(Settings(), Path(sys.argv[2]), sys.argv[2]).name)
 """
 
 
+@pytest.mark.faults
 def test_two_writers_at_once_take_turns(settings, tmp_path: Path):
     data_registry.add_batch(settings, batch(tmp_path / "a", "a", 1), "a")
     env = {**os.environ, **settings_env(settings)}

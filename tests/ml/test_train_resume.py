@@ -45,6 +45,7 @@ train.train(TrainParams(**args["params"]), DatasetRef(**args["dataset"]), settin
 
 
 @pytest.mark.slow
+@pytest.mark.faults
 def test_a_training_killed_in_its_second_epoch_resumes_there_in_the_same_run(
     mlflow_settings, tmp_path: Path
 ):
