@@ -125,34 +125,30 @@ def test_promote_killed_part_way_is_finished_by_the_rerun(settings, tmp_path, lo
 
 
 def test_mlflow_stopped_during_register_and_promote_then_started_again(
-    make_settings, tmp_path, logged_run, monkeypatch
+    settings, tmp_path, logged_run, monkeypatch
 ):
-    """Its own MLflow server, stopped under the steps: each fails as "unreachable" (Airflow
+    """The shared MLflow server, stopped under the steps: each fails as "unreachable" (Airflow
     retries it), and the retries after the restart finish with exactly the versions and the
-    one promotion expected."""
-    settings = make_settings(tmp_path / "home")
+    one promotion expected. The server is running again when the test ends, whatever happens."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     for name, value in settings_env(settings).items():
         monkeypatch.setenv(name, value)  # the steps read the environment, as in a task
-    services.start(services.mlflow_server(settings), settings, timeout=180)
+    first = steps.call("register", logged_run(settings, tmp_path, "a").model_dump(mode="json"),
+                       DATASET.model_dump(mode="json"))  # fmt: skip
+    second = (logged_run(settings, tmp_path, "b").model_dump(mode="json"),
+              DATASET.model_dump(mode="json"))  # fmt: skip
+    services.stop(settings, "mlflow")
     try:
-        first = steps.call("register", logged_run(settings, tmp_path, "a").model_dump(mode="json"),
-                           DATASET.model_dump(mode="json"))  # fmt: skip
-        second = (logged_run(settings, tmp_path, "b").model_dump(mode="json"),
-                  DATASET.model_dump(mode="json"))  # fmt: skip
-        services.stop(settings, "mlflow")
         with pytest.raises(registry.MlflowUnreachable, match="is unreachable"):
             steps.call("register", *second)
         with pytest.raises(registry.MlflowUnreachable, match="is unreachable"):
             registry.promote(settings, first["version"], "gate passed", if_champion=None)
-
-        services.start(services.mlflow_server(settings), settings, timeout=180)
-        assert steps.call("register", *second)["version"] == 2
-        registry.promote(settings, first["version"], "gate passed", if_champion=None)
-        assert registry.version_by_alias(settings, registry.CHAMPION).version == 1
-        assert versions(settings) == [1, 2] and len(history.moves(settings)) == 1
     finally:
-        services.stop(settings, "mlflow")
+        services.start(services.mlflow_server(settings), settings, timeout=180)
+    assert steps.call("register", *second)["version"] == 2
+    registry.promote(settings, first["version"], "gate passed", if_champion=None)
+    assert registry.version_by_alias(settings, registry.CHAMPION).version == 1
+    assert versions(settings) == [1, 2] and len(history.moves(settings)) == 1
 
 
 def test_an_unreachable_dvc_remote_fails_the_pull_clearly_and_the_retry_pulls(
