@@ -249,6 +249,7 @@ def test_a_retried_pull_reads_the_revision_of_its_first_try(cycle):
     assert pulled_revision(api, cycle.run_id) == ("r1", 2)
 
 
+@pytest.mark.faults
 def test_a_bad_batch_stops_the_run_before_training_and_keeps_the_champion(cycle, tmp_path):
     settings, env = cycle.settings, cycle.env
     batch = tmp_path / "bad"

@@ -43,6 +43,7 @@ def emoflow(settings, *args: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+@pytest.mark.faults
 def test_a_batch_with_errors_is_refused_in_one_message_forced_and_taken_out(
     tmp_path, make_settings
 ):

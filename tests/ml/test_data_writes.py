@@ -78,6 +78,7 @@ def state(settings) -> dict[str, object]:
     }
 
 
+@pytest.mark.faults
 def test_a_batch_with_errors_is_refused_forced_then_taken_out_and_a_clean_one_follows(
     settings, check, tmp_path: Path
 ):

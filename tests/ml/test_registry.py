@@ -91,6 +91,7 @@ def test_the_cli_promotes_lists_and_rolls_back(settings, tmp_path, logged_run):
     assert missing.stderr.startswith("emoflow: error:")
 
 
+@pytest.mark.faults
 def test_promotion_is_compare_and_swap_on_the_champion_the_gate_saw(settings, tmp_path, logged_run):
     """Two runs gate against v1; the first promotes v2; the second's v3 must not replace it."""
     lineage = {"git_commit": "abc", "params_digest": "p"}
