@@ -99,7 +99,6 @@ def _run_checkpoint(
     rules: Sequence[Rule],
 ) -> tuple[list[Finding], str]:
     gx = _gx()
-    from great_expectations.checkpoint import UpdateDataDocsAction
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -143,12 +142,13 @@ def _run_checkpoint(
         gx.Checkpoint(
             name=CHECKPOINT,
             validation_definitions=definitions,
-            actions=[UpdateDataDocsAction(name="update_data_docs")],
+            actions=[],  # Data Docs are built once below, not once per table
             result_format=RESULT_FORMAT,
         )
     )
     run_id = RunIdentifier(run_name=f"{dataset.revision}-{dataset.digest[:12]}")
     result = checkpoint.run(batch_parameters={"dataframe": tables.long()}, run_id=run_id)
+    context.build_data_docs(resource_identifiers=list(result.run_results))
 
     findings: list[Finding] = []
     for suite_result in result.run_results.values():
