@@ -23,7 +23,7 @@ import yaml
 
 from emoflow import runs, services
 from emoflow.airflow_api import DATASET_ASSET, AirflowApi
-from ml import data_registry, registry
+from ml import data_registry, history, registry
 from ml.config import PROJECT_ROOT
 from ml.dataset_format import write_data_yaml
 from ml.lineage import code_commit
@@ -363,3 +363,76 @@ def task_state(api: AirflowApi, run_id: str, task_id: str) -> str:
     return api._request(
         "GET", f"/api/v2/dags/{runs.DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}"
     )["state"]
+
+
+def kill_task_process(api: AirflowApi, run_id: str, task_id: str, timeout: float = 300) -> None:
+    """SIGKILL the process of a running task instance, as `kill -9` or the OOM killer would.
+    Airflow's task runner names its process after the task instance's id."""
+    import psutil
+
+    base = f"/api/v2/dags/{runs.DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        instance = api._request("GET", base)
+        assert instance["state"] not in ("success", "failed", "upstream_failed"), instance
+        if instance["state"] == "running":
+            for process in psutil.process_iter(["cmdline"]):
+                if f"airflow worker -- {instance['id']}" in " ".join(process.info["cmdline"] or []):
+                    process.kill()
+                    return
+        time.sleep(0.2)
+    raise AssertionError(f"{task_id} of {run_id} never ran")
+
+
+def rerun(api: AirflowApi, run_id: str, task_id: str) -> None:
+    """What a person does in the UI after a crash: clear the task and what follows it."""
+    deadline = time.monotonic() + 300
+    base = f"/api/v2/dags/{runs.DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}"
+    while api._request("GET", base)["state"] not in ("failed", "up_for_retry"):
+        assert time.monotonic() < deadline, f"{task_id} was killed but never failed"
+        time.sleep(0.5)
+    api._request(
+        "POST", f"/api/v2/dags/{runs.DAG_ID}/clearTaskInstances",
+        json={"dag_run_id": run_id, "task_ids": [task_id], "dry_run": False,
+              "only_failed": False, "include_downstream": True, "reset_dag_runs": True},
+    )  # fmt: skip
+
+
+@pytest.mark.faults
+def test_tasks_killed_in_the_dag_and_a_service_restart_end_in_one_clean_promotion(cycle):
+    """One run whose register, gate and promote processes are each killed (SIGKILL) once and
+    rerun, with the service down while promote runs: the run ends with exactly one new model
+    version, champion, one history record of its promotion, no RUNNING training run, and the
+    service serving it once it is back."""
+    settings, env = cycle.settings, cycle.env
+    original = settings.params_file.read_text()
+    relaxed = yaml.safe_load(original)  # this run's challenger passes the gate
+    relaxed["gate"].update(min_improvement=-1.0, max_recall_regression=1.0, approval="auto")
+    settings.params_file.write_text(yaml.safe_dump(relaxed))
+    api, client = AirflowApi(settings), registry.client(settings)
+    try:
+        emoflow(env, "start", "service")
+        versions_before = len(client.search_model_versions(f"name='{settings.model_name}'"))
+        moves_before = len(history.moves(settings))
+        run_id = api.trigger(runs.DAG_ID, {"revision": "r1", "epochs": 1, "imgsz": 96})
+        for task_id in ("register", "gate", "promote"):
+            kill_task_process(api, run_id, task_id, timeout=900)
+            if task_id == "promote":
+                services.stop(settings, "service")
+            rerun(api, run_id, task_id)
+        assert api.wait_for_run(runs.DAG_ID, run_id, 600)["state"] == "success"
+
+        new = pulled(api, run_id, "register")["version"]
+        versions = client.search_model_versions(f"name='{settings.model_name}'")
+        assert len(versions) == versions_before + 1
+        assert registry.version_by_alias(settings, registry.CHAMPION).version == new
+        moves = history.moves(settings)
+        assert len(moves) == moves_before + 1 and moves[-1].to_version == new
+        experiment = client.get_experiment_by_name("emotion-detector")
+        assert not client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
+
+        emoflow(env, "start", "service")  # it loads the champion it finds
+        ready = httpx.get(f"{settings.service_url}/ready", timeout=30).json()
+        assert ready["model_version"] == new, ready
+    finally:
+        settings.params_file.write_text(original)
