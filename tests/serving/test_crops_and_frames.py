@@ -3,7 +3,9 @@
 The model is trained here the way a user would: three batches recorded in the DVC registry
 (faces filling the crop as in AffectNet, and two batches of zoomed-out faces, `data add-batch
 --sample --face-scale 0.6 / 0.4`), trained by emoflow's training step, registered, promoted,
-served. Frames are composed from held-out test crops on a drawn background.
+served. Frames are composed from held-out test crops on a drawn background; the service reads
+them with the model's own windows (`serve_faces=model`: a face detector for real faces would
+find no drawn one).
 """
 
 from __future__ import annotations
@@ -45,9 +47,10 @@ def trained(
     mlflow_settings: Settings, tmp_path_factory, free_port
 ) -> tuple[Settings, DatasetRef, Path]:
     home = tmp_path_factory.mktemp("frames-home")
-    settings = mlflow_settings.model_copy(
-        update={"home": home, "serve_port": free_port(), "model_name": "frames-test"}
-    )
+    settings = mlflow_settings.model_copy(  # frames read by the model itself, in windows
+        update={"home": home, "serve_port": free_port(), "model_name": "frames-test",
+                "serve_faces": "model"}
+    )  # fmt: skip
     for seed, (prefix, scale) in enumerate(BATCHES.items()):
         batch = home / "batches" / prefix
         generate(batch, train=600, valid=40, test=40, seed=seed, prefix=prefix,

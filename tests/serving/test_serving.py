@@ -278,6 +278,73 @@ def test_every_answer_names_the_model_version(
         assert response.json()["error"] and response.json()["detail"]
 
 
+ODD_PATHS = [
+    ("/reports/%00", 400),
+    ("/reports/index.html%00.png", 400),
+    ("/reports/../../etc/passwd", 400),
+    ("/reports/..%2f..%2fetc%2fpasswd", 400),
+    ("/reports/%2e%2e/%2e%2e/etc/passwd", 400),
+    ("/reports//etc/passwd", 400),
+    ("/reports/%2Fetc%2Fpasswd", 400),
+    ("/reports/..%5c..%5cetc%5cpasswd", 400),
+    ("/reports/" + "x" * 5000 + ".html", 404),  # longer than a file name may be
+    ("/reports/nothing.html", 404),
+    ("/reports/outside.html", 404),  # a link out of the reports folder
+    ("/data-docs/%00", 400),
+    ("/data-docs/../../../etc/passwd", 400),
+]
+
+
+def test_odd_report_paths_get_a_4xx_json_that_names_no_local_path(
+    service_url: str, champion_settings: Settings, tmp_path: Path
+) -> None:
+    """Sent as written (no client tidies the path): every odd path is refused in JSON, and no
+    answer names a folder of the service's machine."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    reports = champion_settings.reports_dir
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "present.html").write_text("<p>a report</p>")
+    secret = tmp_path / "secret.html"
+    secret.write_text("not for the web")
+    (reports / "outside.html").unlink(missing_ok=True)
+    (reports / "outside.html").symlink_to(secret)
+    address = urlsplit(service_url)
+    for path, status in [*ODD_PATHS, ("/reports/present.html", 200)]:
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read().decode()
+        connection.close()
+        assert response.status == status, (path, body)
+        if status == 200:
+            assert body == "<p>a report</p>"
+            continue
+        answer = json.loads(body)
+        assert answer["error"] and answer["detail"], path
+        for local in (str(champion_settings.home), str(reports), str(tmp_path), "/tmp/"):
+            assert local not in body, (path, body)
+
+
+def test_a_request_past_its_pixel_budget_is_refused(
+    service_url: str, champion_settings: Settings, png_bytes
+) -> None:
+    """Each image under the per-image cap, together past the request's budget: a 413 that names
+    the limit and the image that passed it."""
+    limit = champion_settings.serve_max_request_pixels
+    side = int((limit / 2.5) ** 0.5)  # two fit, three do not
+    blank = png_bytes(np.zeros((side, side, 3), np.uint8))  # a few kB: under the upload limit
+    assert httpx.post(f"{service_url}/predict/batch", **_batch(blank, blank)).status_code == 200
+    response = httpx.post(f"{service_url}/predict/batch", **_batch(blank, blank, blank))
+    assert response.status_code == 413, response.text
+    answer = response.json()
+    assert answer["error"] == "request too large" and answer["limit"] == limit
+    assert answer["index"] == 2
+    assert f"{limit} decoded pixels" in answer["detail"]
+    assert "EMOFLOW_SERVE_MAX_REQUEST_PIXELS" in answer["detail"]
+
+
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
     """The Prometheus page at `url` as {(sample name, sorted labels): value}."""
     from prometheus_client.parser import text_string_to_metric_families

@@ -9,9 +9,18 @@ import threading
 import numpy as np
 import pytest
 
+import serving.model
 from ml.dataset_format import Letterbox
 from serving.batching import Batcher
-from serving.model import MAX_VIEWS, Detector, View, _cut_by_window, merge_views, windows
+from serving.model import (
+    MAX_BOXES_PER_VIEW,
+    MAX_VIEWS,
+    Detector,
+    View,
+    _cut_by_window,
+    merge_views,
+    windows,
+)
 
 
 def test_a_crop_is_one_view_of_the_whole_image() -> None:
@@ -65,6 +74,31 @@ def test_one_box_per_face_across_views() -> None:
     assert merge_views(boxes, confidences, iou=0.7).tolist() == [2, 3]
     confidences = np.array([0.95, 0.8, 0.9, 0.6])
     assert merge_views(boxes, confidences, iou=0.7).tolist() == [0, 3]
+
+
+def test_each_view_brings_at_most_its_top_boxes_into_the_merge(onnx_path, monkeypatch) -> None:
+    """A view full of confident boxes (hundreds, apart) hands only its MAX_BOXES_PER_VIEW best
+    to the merge loop; a single view keeps up to max_det."""
+    detector = Detector(onnx_path)
+    side, nc, per_row = detector.imgsz[0], len(detector.names), 12
+    centres = (np.arange(per_row) + 0.5) * side / per_row
+    xs, ys = np.meshgrid(centres, centres)
+    boxes = np.stack([xs.ravel(), ys.ravel(), np.full(xs.size, 4.0), np.full(xs.size, 4.0)])
+    scores = np.zeros((nc, xs.size), np.float32)
+    scores[0] = np.linspace(0.5, 0.99, xs.size)
+    rows = np.concatenate([boxes, scores]).astype(np.float32)  # (4 + nc, 144 boxes)
+    frame = detector.prepare(np.zeros((480, 640, 3), np.uint8))
+    merged: list[int] = []
+    real_merge = serving.model.merge_views
+    monkeypatch.setattr(
+        serving.model,
+        "merge_views",
+        lambda b, c, iou: merged.append(len(b)) or real_merge(b, c, iou),
+    )
+    faces = detector.faces(frame, np.stack([rows] * len(frame.views)))
+    assert merged == [len(frame.views) * MAX_BOXES_PER_VIEW] and len(faces) <= merged[0]
+    crop = detector.prepare(np.zeros((96, 96, 3), np.uint8))
+    assert len(detector.faces(crop, rows[None])) == xs.size  # no merge: max_det (300) holds
 
 
 def test_concurrent_requests_share_a_model_call(onnx_path) -> None:

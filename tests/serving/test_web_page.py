@@ -1,5 +1,7 @@
 """The web page at /ui/ in a real browser (Debian's Chromium driven by Playwright) against the
-real service over HTTP: a photo's faces and boxes, the service's errors, the webcam loop.
+real service over HTTP: a photo's faces and boxes (a real photograph, whose face the service's
+face detector finds, and a drawn crop the model reads itself), the service's errors, the webcam
+loop (a camera showing the real photograph).
 
 Boxes are checked in screenshots: pixels of the page's box colour must lie along the edges of
 the first face's box (scaled from image to screen pixels) and not away from every box.
@@ -42,10 +44,28 @@ LABEL_W, LABEL_H = 160, 26  # at least the size of a label "surprise 0.87" (FONT
 # ---------------------------------------------------------------- browser
 
 
+def astronaut_frame(photo_scenes) -> tuple[np.ndarray, list[float]]:
+    """scikit-image's astronaut photo scaled to 480x480 in the middle of a grey 640x480 frame,
+    and her face box in it."""
+    _, photo, (box,) = photo_scenes.faces[0]
+    frame = np.full((480, 640, 3), 128, np.uint8)
+    frame[:, 80:560] = np.asarray(
+        Image.fromarray(photo).resize((480, 480), Image.Resampling.BILINEAR)
+    )
+    scale = 480 / photo.shape[0]
+    return frame, [box[0] * scale + 80, box[1] * scale, box[2] * scale + 80, box[3] * scale]
+
+
+def iou(a: list[float], b: list[float]) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    return w * h / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h)
+
+
 @pytest.fixture(scope="module")
-def camera_file(tmp_path_factory: pytest.TempPathFactory, drawn_image) -> Path:
-    """One Y4M frame (the fake camera loops it): a drawn face on noise, 640x480."""
-    image = Image.fromarray(drawn_image(640, 480, seed=0))
+def camera_file(tmp_path_factory: pytest.TempPathFactory, photo_scenes) -> Path:
+    """One Y4M frame (the fake camera loops it): the astronaut photo, 640x480."""
+    image = Image.fromarray(astronaut_frame(photo_scenes)[0])
     y, cb, cr = image.convert("YCbCr").split()
     half = (image.width // 2, image.height // 2)
     planes = [y.tobytes(), cb.resize(half).tobytes(), cr.resize(half).tobytes()]
@@ -194,20 +214,24 @@ def upload(page, name: str, data: bytes, mime: str = "image/png") -> str:
 
 @pytest.mark.parametrize(
     "name",
-    [pytest.param("face.png", id="png"), pytest.param("sideways.jpg", id="exif-rotated-jpeg")],
-)
+    [pytest.param("astronaut.png", id="real-photo"),
+     pytest.param("sideways.jpg", id="exif-rotated-crop")],
+)  # fmt: skip
 def test_photo_upload_lists_faces_and_draws_boxes(
     open_page, service_url: str, champion_settings: Settings, tmp_path: Path, name: str,
-    champion_version, drawn_image, png_bytes, upright_exif_jpeg,
+    champion_version, png_bytes, upright_exif_jpeg, photo_scenes,
 ) -> None:  # fmt: skip
-    if name == "face.png":
-        data = png_bytes(drawn_image(480, 360, seed=3))
-    else:  # stored on its side, upright by its EXIF orientation
+    if name == "astronaut.png":  # the face detector's box on a real photograph
+        _, photo, (truth,) = photo_scenes.faces[0]
+        data = png_bytes(photo)
+    else:  # a drawn crop, stored on its side, upright by its EXIF orientation
         data = upright_exif_jpeg()[0]
     direct = predict(service_url, data, name)
     assert direct.status_code == 200, direct.text
     answer = direct.json()
-    assert answer["faces"], "the fixture model found no face in the test image"
+    assert answer["faces"], "no face found in the test image"
+    if name == "astronaut.png":
+        assert len(answer["faces"]) == 1 and iou(answer["faces"][0]["box"], truth) > 0.6
     version = champion_version(champion_settings)
     assert answer["model_version"] == version
 
@@ -271,7 +295,9 @@ def test_error_shows_the_services_detail(
     assert view.errors == []
 
 
-def test_webcam_loop_draws_boxes_and_stops(open_page, service_url: str, tmp_path: Path) -> None:
+def test_webcam_loop_draws_boxes_and_stops(
+    open_page, service_url: str, tmp_path: Path, photo_scenes
+) -> None:
     view = open_page(f"{service_url}/ui/")
     page = view.page
     page.click("#webcam-start")
@@ -282,9 +308,11 @@ def test_webcam_loop_draws_boxes_and_stops(open_page, service_url: str, tmp_path
     listed = page.locator("#webcam-faces")
     size = (int(listed.get_attribute("data-width")), int(listed.get_attribute("data-height")))
     assert size == (640, 480)  # the fake camera's frames, sent whole
-    # The fake camera shows one still frame, so every answer has the same boxes.
+    # The fake camera shows one still frame, so every answer has the same boxes: the
+    # detector's box on the astronaut's face.
     listed_boxes = listed.evaluate("list => [...list.children].map(item => item.dataset.box)")
     boxes = [[float(v) for v in box.split(",")] for box in listed_boxes]
+    assert len(boxes) == 1 and iou(boxes[0], astronaut_frame(photo_scenes)[1]) > 0.6, boxes
     shot = screenshot(page.locator(".stage"), tmp_path / "webcam.png")
     assert_boxes_drawn(shot, [on_screen(box, size, shot) for box in boxes])
 
