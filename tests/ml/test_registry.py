@@ -117,7 +117,9 @@ def test_an_unreachable_mlflow_is_named_not_reported_as_a_missing_version(
 ):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     nowhere = settings.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{free_port()}"})
-    with pytest.raises(registry.RegistryError, match=r"MLflow at http://127\.0\.0\.1:\d+ is unreachable"):
+    with pytest.raises(
+        registry.RegistryError, match=r"MLflow at http://127\.0\.0\.1:\d+ is unreachable"
+    ):
         registry.promote(nowhere, 1, "manual")
     with pytest.raises(LookupError, match="has no version 99"):
         registry.promote(settings, 99, "manual")
