@@ -50,7 +50,7 @@ from PIL import Image
 
 from emoflow import services
 from emoflow.steps import champion_answers
-from ml import data_registry, registry
+from ml import data_batches, data_registry, registry
 from ml.config import EMOTIONS, PROJECT_ROOT, Settings
 from ml.params import DriftParams, TrainParams
 from ml.sample_data import Shift, draw_face, generate
@@ -124,7 +124,7 @@ def loop_turn(settings: Settings, params: TrainParams, images: int, root: Path) 
     batch = root / "r2"
     generate(batch, train=images, valid=images // 6, test=images // 6, seed=77,
              shift=LOOP_SHIFT, prefix="x")  # fmt: skip
-    data_registry.add_batch(settings, batch, "shifted faces, labelled")
+    data_batches.add_batch(settings, batch, "shifted faces, labelled")
     dataset = data_registry.pull(settings)
     started = time.monotonic()
     trained = train(params, dataset, settings.runs_dir, settings, {"git_commit": "bench"})
@@ -170,7 +170,7 @@ def main() -> None:
     )  # fmt: skip
     params = DriftParams(max_rows=args.window, min_live_rows=args.window)
     generate(root / "r1", train=args.train, valid=args.train // 6, test=args.train // 6, seed=0)
-    data_registry.add_batch(settings, root / "r1", "drawn faces")
+    data_batches.add_batch(settings, root / "r1", "drawn faces")
     reference = data_registry.pull(settings, "r1")
     services.start(services.mlflow_server(settings), settings, timeout=240)
     results: dict = {}

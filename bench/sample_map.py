@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from emoflow import services
-from ml import data_registry
+from ml import data_batches, data_registry
 from ml.config import PROJECT_ROOT, Settings
 from ml.params import TrainParams
 from ml.sample_data import generate
@@ -51,7 +51,7 @@ def main() -> None:
                          patience=args.epochs, device=args.device)  # fmt: skip
     batch = home / "sample"
     generate(batch, train=args.train, valid=args.valid, test=args.test, seed=args.seed)
-    data_registry.add_batch(settings, batch, "bench sample")
+    data_batches.add_batch(settings, batch, "bench sample")
     dataset = data_registry.pull(settings)
     services.start(services.mlflow_server(settings), settings, timeout=240)
     rows = {}

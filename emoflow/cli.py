@@ -18,7 +18,7 @@ from pathlib import Path
 from emoflow import revisions, runs, services
 from emoflow.airflow_api import AirflowApi, AirflowApiError
 from emoflow.runs import DAG_ID
-from ml import data_registry, registry
+from ml import data_batches, data_registry, registry
 from ml.config import ConfigError, Settings
 from ml.params import load_params
 from ml.registry import RegistryError
@@ -68,7 +68,7 @@ def _batch_source(args: argparse.Namespace, settings: Settings) -> tuple[Path, s
     return _sample_batch(settings, args, f"sample-{seed}"), note
 
 
-def _validation(settings: Settings) -> data_registry.Check:
+def _validation(settings: Settings) -> data_batches.Check:
     """The validate step's rules and Data Docs, run on a dataset before it is recorded."""
     from ml import validate as validation
 
@@ -114,21 +114,21 @@ def cmd_data(args: argparse.Namespace, settings: Settings) -> None:
             )
     elif args.data_command == "add-batch":
         source, note = _batch_source(args, settings)
-        revision = data_registry.add_batch(
+        revision = data_batches.add_batch(
             settings, source, note, check=_validation(settings), force=args.force
         )
         _print_recorded(args, settings, revision)
     elif args.data_command == "validate":
         source, _ = _batch_source(args, settings)
-        result = data_registry.check_batch(settings, source, _validation(settings))
+        result = data_batches.check_batch(settings, source, _validation(settings))
         for line in result.warnings:
             print(f"warning: {line}")
         if not result.ok:
-            raise data_registry.BatchRefused(f"batch {source}", result)
+            raise data_batches.BatchRefused(f"batch {source}", result)
         print(f"{source}: valid; `emoflow data add-batch` would record it as {result.revision} "
               f"(Data Docs: {result.docs_url})")  # fmt: skip
     elif args.data_command == "remove":
-        revision = data_registry.remove(
+        revision = data_batches.remove(
             settings, args.reason, batch=args.batch, files=_listed_files(args.files),
             check=_validation(settings), force=args.force,
         )  # fmt: skip

@@ -1,6 +1,6 @@
 """Dataset layouts users bring, converted to emoflow's one canonical layout.
 
-Canonical layout (what :func:`ml.data_registry.add_batch` merges)::
+Canonical layout (what :func:`ml.data_batches.add_batch` merges)::
 
     <out>/data.yaml                      names = ml.config.EMOTIONS, nc = 8
     <out>/{train,valid,test}/images/     image files, copied byte for byte
@@ -42,13 +42,7 @@ from typing import Any
 import yaml
 
 from ml.config import EMOTIONS
-from ml.dataset_format import (
-    LABEL_SUFFIX,
-    SPLITS,
-    list_images,
-    read_label,
-    write_data_yaml,
-)
+from ml.dataset_format import SPLITS, list_images, read_label, write_data_yaml
 
 SPLIT_FOLDERS: dict[str, str] = {"train": "train", "val": "valid", "valid": "valid", "test": "test"}
 """Split folder (or data.yaml key) -> canonical split name."""
@@ -142,7 +136,7 @@ def to_canonical(source: Path, out: Path) -> dict[str, dict[str, int]]:
         elif layout == "class-folders":
             counts = _convert_class_folders(source, tmp)
         else:
-            counts = _convert_yolo(_yolo_splits(source, layout), tmp)
+            counts = _convert_yolo(yolo_splits(source, layout), tmp)
         write_data_yaml(tmp)
         if out.exists():
             out.rmdir()
@@ -199,7 +193,7 @@ def _id_map(names: Any, where: Path | str) -> dict[int, int]:
     return id_map
 
 
-def _yolo_splits(source: Path, layout: str) -> _YoloSplits:
+def yolo_splits(source: Path, layout: str) -> _YoloSplits:
     if layout == "affectnet":
         root = source if source.name == LAYOUT_DIR else source / LAYOUT_DIR
         yaml_path = _data_yaml(root)
@@ -254,7 +248,7 @@ def _resolve(base: Path, entry: str, yaml_path: Path, key: str) -> Path:
     return path
 
 
-def _label_path(image: Path) -> Path:
+def yolo_label_path(image: Path) -> Path:
     """ultralytics' rule: the last ``/images/`` in the path becomes ``/labels/``, suffix ``.txt``
     (with no ``/images/`` in the path, the label lies beside the image)."""
     sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
@@ -274,41 +268,13 @@ def _convert_yolo(splits: _YoloSplits, out: Path) -> dict[str, dict[str, int]]:
             name = "__".join(image.relative_to(folder).parts)
             _claim(taken, name, image)
             shutil.copyfile(image, images_out / name)
-            label = _label_path(image)
+            label = yolo_label_path(image)
             ids: set[int] = set()
             if label.is_file():
                 text, ids = _remap_label(label, splits.id_map, splits.names_file)
                 (labels_out / Path(name).with_suffix(".txt").name).write_text(text)
             _count(counts[split], ids)
     return counts
-
-
-def unpaired_files(source: Path) -> list[str]:
-    """Images without a label file (recorded as background images, no face) and label files
-    without an image (left out), for a batch in a YOLO layout; one line per file, paths as in
-    `source`. Other layouts pair images and labels themselves: none."""
-    source = Path(source)
-    layout = detect_layout(source)
-    if layout not in ("affectnet", "yolo"):
-        return []
-    lines = []
-    for folder in _yolo_splits(source, layout).images.values():
-        images = list_images(folder, recursive=True)
-        stems = {image.with_suffix("") for image in images}
-        for image in images:
-            if not _label_path(image).is_file():
-                lines.append(f"{_shown(image, source)}: no label file; recorded as a background "
-                             f"image (no face)")  # fmt: skip
-        label_root = _label_path(folder / "x.png").parent
-        for label in sorted(label_root.rglob(f"*{LABEL_SUFFIX}")) if label_root.is_dir() else []:
-            image_stem = Path(str(label).replace(str(label_root), str(folder), 1)).with_suffix("")
-            if label.name != "classes.txt" and image_stem not in stems:
-                lines.append(f"{_shown(label, source)}: no image with this name; left out")
-    return lines
-
-
-def _shown(path: Path, source: Path) -> str:
-    return str(path.relative_to(source)) if path.is_relative_to(source) else str(path)
 
 
 def _remap_label(

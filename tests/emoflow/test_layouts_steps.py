@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 
 from emoflow import steps
-from ml import data_registry
+from ml import data_batches
 
 PER_SPLIT = 8  # the default params' minimum images per split
 
@@ -77,7 +77,7 @@ def test_layout_goes_through_the_pull_and_validate_steps(
     make_settings, build, expected: dict[str, int], tmp_path: Path
 ):
     settings = make_settings(tmp_path / "home")
-    revision = data_registry.add_batch(settings, build(tmp_path / "src"), build.__name__)
+    revision = data_batches.add_batch(settings, build(tmp_path / "src"), build.__name__)
     for emotion, count in expected.items():
         assert revision.counts["train"]["classes"][emotion] == count, emotion
 

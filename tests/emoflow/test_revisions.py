@@ -17,7 +17,7 @@ from PIL import Image
 
 from emoflow.airflow_api import AirflowApi
 from emoflow.revisions import announce, run_revision
-from ml import data_registry
+from ml import data_batches, data_registry
 from ml.dataset_format import write_data_yaml
 
 
@@ -55,9 +55,9 @@ def recorded(tmp_path_factory, make_settings):
     """r1, then r2 a little over a second later (revision dates have whole seconds)."""
     root = tmp_path_factory.mktemp("revisions")
     settings = make_settings(root / "home")
-    first = data_registry.add_batch(settings, batch(root / "a", "a"), "a")
+    first = data_batches.add_batch(settings, batch(root / "a", "a"), "a")
     time.sleep(1.2)
-    second = data_registry.add_batch(settings, batch(root / "b", "b"), "b")
+    second = data_batches.add_batch(settings, batch(root / "b", "b"), "b")
     return settings, first, second
 
 

@@ -27,7 +27,7 @@ import pytest
 
 from emoflow import services, steps
 from emoflow.services import settings_env
-from ml import data_registry, history, registry
+from ml import data_batches, data_registry, history, registry
 from ml.config import PROJECT_ROOT
 from ml.records import DatasetRef
 from ml.sample_data import generate
@@ -156,7 +156,7 @@ def test_an_unreachable_dvc_remote_fails_the_pull_clearly_and_the_retry_pulls(
 ):
     settings = make_settings(tmp_path / "home")
     generate(tmp_path / "batch" / "YOLO_format", train=8, valid=4, test=4, seed=1)
-    data_registry.add_batch(settings, tmp_path / "batch", "a")
+    data_batches.add_batch(settings, tmp_path / "batch", "a")
     shutil.rmtree(Path(settings.registry_repo) / ".dvc" / "cache")  # the pull must use the remote
     remote = Path(settings.remote_url)
     remote.rename(remote.with_name("moved-away"))
@@ -207,19 +207,19 @@ def test_a_full_disk_during_add_batch_records_nothing_and_the_batch_goes_in_late
     with small_disk(tmp_path / "disk", "4m") as disk:
         settings = make_settings(tmp_path / "home", data_repo=str(disk / "registry"))
         generate(tmp_path / "a" / "YOLO_format", train=16, valid=4, test=4, seed=1)
-        data_registry.add_batch(settings, tmp_path / "a", "a")
+        data_batches.add_batch(settings, tmp_path / "a", "a")
         big = tmp_path / "b"
         generate(big / "YOLO_format", train=50, valid=5, test=5, seed=2)
         before = registry_state(disk / "registry")
 
         with pytest.raises(data_registry.DataRegistryError, match="nothing was recorded"):
-            data_registry.add_batch(settings, big, "b")
+            data_batches.add_batch(settings, big, "b")
 
         assert registry_state(disk / "registry") == before
         assert [r.name for r in data_registry.revisions(settings)] == ["r1"]
         small = tmp_path / "c"
         generate(small / "YOLO_format", train=8, valid=2, test=2, seed=3)
-        assert data_registry.add_batch(settings, small, "c").name == "r2"  # space left for it
+        assert data_batches.add_batch(settings, small, "c").name == "r2"  # space left for it
 
 
 def test_a_full_disk_under_the_prediction_log_loses_no_answer(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ml import data_registry
+from ml import data_batches, data_registry
 from ml.data_registry import DataRegistryError
 from ml.dataset_format import write_data_yaml
 
@@ -36,8 +36,8 @@ def settings(tmp_path: Path, make_settings):
 
 
 def test_revisions_are_tagged_digested_and_pulled_byte_for_byte(settings, tmp_path: Path):
-    first = data_registry.add_batch(settings, write_batch(tmp_path / "a", "a"), "batch a")
-    second = data_registry.add_batch(settings, write_batch(tmp_path / "b", "b"), "batch b")
+    first = data_batches.add_batch(settings, write_batch(tmp_path / "a", "a"), "batch a")
+    second = data_batches.add_batch(settings, write_batch(tmp_path / "b", "b"), "batch b")
     assert (first.name, second.name) == ("r1", "r2")
     assert first.digest != second.digest and "batch b" in second.message
     assert [r.name for r in data_registry.revisions(settings)] == ["r1", "r2"]
@@ -58,7 +58,7 @@ def test_revisions_are_tagged_digested_and_pulled_byte_for_byte(settings, tmp_pa
 
 
 def test_pulling_twice_reuses_the_workspace(settings, tmp_path: Path):
-    data_registry.add_batch(settings, write_batch(tmp_path / "a", "a"), "batch a")
+    data_batches.add_batch(settings, write_batch(tmp_path / "a", "a"), "batch a")
     first = data_registry.pull(settings, "r1")
     marker = first.path / "marker"
     marker.write_text("kept")
@@ -66,7 +66,7 @@ def test_pulling_twice_reuses_the_workspace(settings, tmp_path: Path):
 
 
 def test_unknown_revision_names_the_known_ones(settings, tmp_path: Path):
-    data_registry.add_batch(settings, write_batch(tmp_path / "a", "a"), "batch a")
+    data_batches.add_batch(settings, write_batch(tmp_path / "a", "a"), "batch a")
     with pytest.raises(DataRegistryError, match=r"unknown data revision 'r7' \(known: r1\)"):
         data_registry.pull(settings, "r7")
 
@@ -75,14 +75,14 @@ def test_a_batch_that_adds_nothing_or_clashes_is_refused_and_records_no_revision
     settings, tmp_path: Path
 ):
     batch = write_batch(tmp_path / "a", "a")
-    data_registry.add_batch(settings, batch, "batch a")
+    data_batches.add_batch(settings, batch, "batch a")
     with pytest.raises(DataRegistryError, match="adds no new images"):
-        data_registry.add_batch(settings, batch, "again")
+        data_batches.add_batch(settings, batch, "again")
     clash = write_batch(tmp_path / "c", "a", colour=(10, 10, 10))
     with pytest.raises(
         DataRegistryError, match="train/images/a0.png: a different file with this name"
     ):
-        data_registry.add_batch(settings, clash, "clash")
+        data_batches.add_batch(settings, clash, "clash")
     assert [r.name for r in data_registry.revisions(settings)] == ["r1"]
 
 
@@ -91,12 +91,12 @@ def test_no_registry_and_no_split_folders_are_clear_errors(settings, tmp_path: P
         data_registry.pull(settings)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataRegistryError, match="no known dataset layout"):
-        data_registry.add_batch(settings, tmp_path / "empty", "empty")
+        data_batches.add_batch(settings, tmp_path / "empty", "empty")
 
 
 def test_revisions_record_counts_per_split_and_class_and_their_source(settings, tmp_path: Path):
-    data_registry.add_batch(settings, write_batch(tmp_path / "a", "a", per_split=3), "batch a")
-    second = data_registry.add_batch(settings, write_batch(tmp_path / "b", "b", per_split=2), "b")
+    data_batches.add_batch(settings, write_batch(tmp_path / "a", "a", per_split=3), "batch a")
+    second = data_batches.add_batch(settings, write_batch(tmp_path / "b", "b", per_split=2), "b")
     first = data_registry.revision(settings, "r1")
     assert first.source == "batch a" and first.added_images == 9
     assert first.counts["train"]["images"] == 3 and first.counts["train"]["boxes"] == 3
@@ -136,7 +136,7 @@ def test_an_s3_remote_pushes_and_pulls_revisions_over_http(
     s3_server, tmp_path: Path, make_settings
 ):
     settings = make_settings(tmp_path / "home", dvc_remote_url="s3://emoflow-data/dvc")
-    r1 = data_registry.add_batch(settings, write_batch(tmp_path / "a", "a"), "batch a")
+    r1 = data_batches.add_batch(settings, write_batch(tmp_path / "a", "a"), "batch a")
     stored = s3_server.list_objects_v2(Bucket="emoflow-data", Prefix="dvc/")["KeyCount"]
 
     shutil.rmtree(Path(settings.registry_repo) / ".dvc" / "cache")

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from emoflow.services import settings_env
-from ml import data_registry
+from ml import data_batches, data_registry
 from ml import validate as validation
 from ml.config import PROJECT_ROOT
-from ml.data_registry import BatchRefused, DataRegistryError
+from ml.data_batches import BatchRefused
+from ml.data_registry import DataRegistryError
 from ml.params import load_params
 from ml.sample_data import generate
 
@@ -82,13 +83,13 @@ def state(settings) -> dict[str, object]:
 def test_a_batch_with_errors_is_refused_forced_then_taken_out_and_a_clean_one_follows(
     settings, check, tmp_path: Path
 ):
-    data_registry.add_batch(settings, batch(tmp_path / "a", "a", 1), "a", check=check)
-    data_registry.add_batch(settings, batch(tmp_path / "b", "b", 2), "b", check=check)
+    data_batches.add_batch(settings, batch(tmp_path / "a", "a", 1), "a", check=check)
+    data_batches.add_batch(settings, batch(tmp_path / "b", "b", 2), "b", check=check)
     before = state(settings)
 
     bad = broken(tmp_path / "bad", "x", 3)
     with pytest.raises(BatchRefused) as refused:
-        data_registry.add_batch(settings, bad, "broken", check=check)
+        data_batches.add_batch(settings, bad, "broken", check=check)
     message = str(refused.value)
     assert "would record as r3 has data errors (nothing recorded; --force" in message
     assert "train/labels/x3_train_000000.txt:1: class_id_range:" in message, message
@@ -96,11 +97,11 @@ def test_a_batch_with_errors_is_refused_forced_then_taken_out_and_a_clean_one_fo
     assert "Data Docs: file://" in message
     assert state(settings) == before
 
-    forced = data_registry.add_batch(settings, bad, "broken", check=check, force=True)
+    forced = data_batches.add_batch(settings, bad, "broken", check=check, force=True)
     assert forced.name == "r3" and forced.forced_errors == 2
     assert "recorded with --force despite 2 data errors" in forced.message
 
-    removed = data_registry.remove(settings, "broken labels", batch="r3", check=check)
+    removed = data_batches.remove(settings, "broken labels", batch="r3", check=check)
     assert removed.name == "r4" and removed.removed_images == forced.added_images
     assert removed.source == "removed batch r3: broken labels"
     r2, r4 = data_registry.pull(settings, "r2"), data_registry.pull(settings, "r4")
@@ -110,15 +111,15 @@ def test_a_batch_with_errors_is_refused_forced_then_taken_out_and_a_clean_one_fo
     )
     assert data_registry.pull(settings, "r3").digest == forced.digest  # r3 stays reproducible
 
-    clean = data_registry.add_batch(settings, batch(tmp_path / "c", "c", 4), "c", check=check)
+    clean = data_batches.add_batch(settings, batch(tmp_path / "c", "c", 4), "c", check=check)
     assert clean.name == "r5" and clean.forced_errors == 0
 
 
 def test_validating_a_batch_records_nothing(settings, check, tmp_path: Path):
-    data_registry.add_batch(settings, batch(tmp_path / "a", "a", 1), "a", check=check)
+    data_batches.add_batch(settings, batch(tmp_path / "a", "a", 1), "a", check=check)
     before = state(settings)
-    ok = data_registry.check_batch(settings, batch(tmp_path / "b", "b", 2), check)
-    bad = data_registry.check_batch(settings, broken(tmp_path / "x", "x", 3), check)
+    ok = data_batches.check_batch(settings, batch(tmp_path / "b", "b", 2), check)
+    bad = data_batches.check_batch(settings, broken(tmp_path / "x", "x", 3), check)
     assert ok.ok and ok.revision == "r2"
     assert not bad.ok and any("class_id_range" in line for line in bad.errors)
     assert state(settings) == before
@@ -128,7 +129,7 @@ def test_files_without_their_partner_are_warnings_in_the_revision(settings, tmp_
     source = batch(tmp_path / "a", "a", 1) / "YOLO_format"
     (source / "train" / "labels" / "a1_train_000000.txt").unlink()
     (source / "valid" / "images" / "a1_valid_000001.png").unlink()
-    revision = data_registry.add_batch(settings, source.parent, "a")
+    revision = data_batches.add_batch(settings, source.parent, "a")
     assert revision.warnings == [
         "YOLO_format/train/images/a1_train_000000.png: no label file; recorded as a background image (no face)",
         "YOLO_format/valid/labels/a1_valid_000001.txt: no image with this name; left out",
@@ -137,8 +138,8 @@ def test_files_without_their_partner_are_warnings_in_the_revision(settings, tmp_
 
 
 def test_removing_named_files_takes_their_partners_and_keeps_the_reason(settings, tmp_path):
-    data_registry.add_batch(settings, batch(tmp_path / "a", "a", 1), "a")
-    removed = data_registry.remove(
+    data_batches.add_batch(settings, batch(tmp_path / "a", "a", 1), "a")
+    removed = data_batches.remove(
         settings,
         "blurred",
         files=["train/images/a1_train_000003.png", "test/labels/a1_test_000002.txt"],
@@ -150,15 +151,15 @@ def test_removing_named_files_takes_their_partners_and_keeps_the_reason(settings
         assert not (pulled / gone).exists(), gone
     assert removed.counts["train"]["images"] == SIZES["train"] - 1
     with pytest.raises(DataRegistryError, match="train/images/nope.png: not in the latest"):
-        data_registry.remove(settings, "typo", files=["train/images/nope.png"])
+        data_batches.remove(settings, "typo", files=["train/images/nope.png"])
     with pytest.raises(DataRegistryError, match="say why the data goes"):
-        data_registry.remove(settings, " ", batch="r1")
+        data_batches.remove(settings, " ", batch="r1")
 
 
 @pytest.mark.faults
 def test_a_push_that_fails_leaves_the_registry_as_it_was(settings, tmp_path: Path):
     """The DVC remote made unreachable (its URL a plain file) while r2 is being recorded."""
-    data_registry.add_batch(settings, batch(tmp_path / "a", "a", 1), "a")
+    data_batches.add_batch(settings, batch(tmp_path / "a", "a", 1), "a")
     before = state(settings)
     config = Path(settings.registry_repo) / ".dvc" / "config"
     good = config.read_text()
@@ -171,18 +172,18 @@ def test_a_push_that_fails_leaves_the_registry_as_it_was(settings, tmp_path: Pat
         DataRegistryError,
         match="DVC remote .*not-a-folder is unreachable or refused the push.*nothing was recorded",
     ):
-        data_registry.add_batch(settings, second, "b")
+        data_batches.add_batch(settings, second, "b")
     config.write_text(good)
     assert state(settings) == before
 
-    assert data_registry.add_batch(settings, second, "b").name == "r2"  # the same batch again
+    assert data_batches.add_batch(settings, second, "b").name == "r2"  # the same batch again
 
 
 KILLED_WRITE = r"""
 import os, signal, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from ml import data_registry, data_writes
+from ml import data_batches, data_registry, data_writes
 from ml.config import Settings
 
 point = sys.argv[3]
@@ -198,7 +199,7 @@ def replace(src, dst):
         kill()
     return real_replace(src, dst)
 data_writes.git, os.replace = git, replace
-data_registry.add_batch(Settings(), Path(sys.argv[2]), "killed")
+data_batches.add_batch(Settings(), Path(sys.argv[2]), "killed")
 """
 
 
@@ -208,7 +209,7 @@ def test_a_write_killed_part_way_is_undone_by_the_next_one(settings, tmp_path: P
     """Killed between the two renames of the swap, after the DVC push (at `git add`), before
     the commit, and after the commit but before the tag."""
     first = batch(tmp_path / "a", "a", 1)
-    data_registry.add_batch(settings, first, "a")
+    data_batches.add_batch(settings, first, "a")
     before = state(settings)
     second = batch(tmp_path / "b", "b", 2)
     killed = subprocess.run(
@@ -219,9 +220,9 @@ def test_a_write_killed_part_way_is_undone_by_the_next_one(settings, tmp_path: P
     assert state(settings) != before  # the kill left a half-done write behind
 
     with pytest.raises(DataRegistryError, match="adds no new images"):
-        data_registry.add_batch(settings, first, "a again")  # any write repairs first
+        data_batches.add_batch(settings, first, "a again")  # any write repairs first
     assert state(settings) == before
-    revision = data_registry.add_batch(settings, second, "b")
+    revision = data_batches.add_batch(settings, second, "b")
     assert revision.name == "r2" and revision.added_images == sum(SIZES.values())
 
 
@@ -229,16 +230,15 @@ CONCURRENT_WRITE = r"""
 import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from emoflow.services import settings_env
-from ml import data_registry
+from ml import data_batches
 from ml.config import Settings
-print(data_registry.add_batch(Settings(), Path(sys.argv[2]), sys.argv[2]).name)
+print(data_batches.add_batch(Settings(), Path(sys.argv[2]), sys.argv[2]).name)
 """
 
 
 @pytest.mark.faults
 def test_two_writers_at_once_take_turns(settings, tmp_path: Path):
-    data_registry.add_batch(settings, batch(tmp_path / "a", "a", 1), "a")
+    data_batches.add_batch(settings, batch(tmp_path / "a", "a", 1), "a")
     env = {**os.environ, **settings_env(settings)}
     writers = [
         subprocess.Popen(

@@ -5,7 +5,7 @@ The reference is a small drawn dataset (`ml.sample_data.generate`); the traffic 
 drawn the same way (other seeds), recorded through the real `PredictionLog` into a SQLite file
 and read back with `read_predictions`, as the service and the DAG do. `monitor` finds
 its champion in the real MLflow server (`mlflow_settings`) and pulls the champion's data
-revision from a real DVC data registry made here with `ml.data_registry.add_batch`.
+revision from a real DVC data registry made here with `ml.data_batches.add_batch`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ml import data_registry
+from ml import data_batches, data_registry
 from ml.config import EMOTIONS, Settings
 from ml.data_registry import Revision
 from ml.dataset_format import label_path
@@ -291,10 +291,10 @@ def test_monitor_compares_the_newest_predictions_with_the_champions_data(
     home = tmp_path / "home"
     settings = live_settings(home, mlflow_settings, "live-drift-champion")
     # The real data registry: r1 holds the drawn reference dataset, r2 adds a few more faces.
-    r1 = data_registry.add_batch(settings, reference.path, "drawn faces, seed 0")
+    r1 = data_batches.add_batch(settings, reference.path, "drawn faces, seed 0")
     more = tmp_path / "more"
     generate(more, train=4, valid=2, test=2, seed=5, prefix="m")
-    r2 = data_registry.add_batch(settings, more, "drawn faces, seed 5")
+    r2 = data_batches.add_batch(settings, more, "drawn faces, seed 5")
     assert (r1.name, r2.name) == ("r1", "r2")
     # The champion, v1, was trained on r1; a newer challenger, v2, on r2 (the latest revision).
     champion = register_trained_on(settings, r1, tmp_path / "v1", untrained_export)

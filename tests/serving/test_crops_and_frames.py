@@ -21,7 +21,7 @@ from PIL import Image
 
 import serving.model
 from emoflow import services
-from ml import data_registry, registry
+from ml import data_batches, data_registry, registry
 from ml.config import EMOTIONS, Settings
 from ml.params import TrainParams
 from ml.records import DatasetRef
@@ -55,7 +55,7 @@ def trained(
         batch = home / "batches" / prefix
         generate(batch, train=600, valid=40, test=40, seed=seed, prefix=prefix,
                  shift=Shift(face_scale=scale))  # fmt: skip
-        data_registry.add_batch(settings, batch, f"sample faces at scale {scale}")
+        data_batches.add_batch(settings, batch, f"sample faces at scale {scale}")
     dataset = data_registry.pull(settings)
     params = TrainParams(epochs=12, imgsz=96, batch=32, workers=0, patience=12)
     result = train(params, dataset, settings.runs_dir, settings, {"source": "frames test"})
