@@ -303,7 +303,7 @@ def test_monitor_compares_the_newest_predictions_with_the_champions_data(
     assert registry.promote(settings, champion.version, "test fixture").champion == 1
     tags = registry.client(settings).get_model_version(settings.model_name, "1").tags
     assert tags["data_revision"] == "r1"
-    assert not (home / "workspaces").exists()  # nothing pulled yet: monitor must pull r1
+    shutil.rmtree(home / "workspaces")  # recording r2 pulled r1 to stage it: monitor must pull r1
     # traffic like r1, answered by the champion (as the service would)
     log_traffic(
         f"sqlite:///{tmp_path / 'log.db'}", answered_by(untrained_export, traffic(40, seed=12))
