@@ -13,7 +13,6 @@ was, and the batch can simply be added again.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
@@ -129,9 +128,7 @@ def record(
         git(repo, "add", f"{dataset}.dvc", *files, str(Path(dataset).parent / ".gitignore"))
         git(repo, "commit", "--quiet", "-m", message)
         git(repo, "tag", tag)
-    except BaseException as exc:
+    except BaseException:  # the caller says what failed (a full disk is an OSError there)
         recover(repo)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            raise DataWriteError(f"{repo}: the disk is full; nothing was recorded") from None
         raise
     recover(repo)  # the tag exists: only the previous dataset folder is left to remove

@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -245,7 +246,8 @@ def test_a_full_disk_under_the_prediction_log_loses_no_answer(tmp_path):
                   "width": 96, "height": 96}  # fmt: skip
         for _ in range(20):
             log.record(np.zeros((96, 96, 3), np.uint8), answer, "/predict")
-        assert log.pending == 20  # recorded, waiting: the request path never waited
+        time.sleep(2)  # the writer tries (and fails) meanwhile
+        assert log.pending == 20  # nothing written on the full disk, and recording never waited
         filler.unlink()
         assert log.close(timeout=60) == 0
         assert len(read_predictions(uri)) == 20
