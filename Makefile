@@ -10,7 +10,7 @@ demo: setup
 	.venv/bin/emoflow demo
 
 test: setup
-	.venv/bin/pytest --durations=15
+	.venv/bin/pytest -n 2 --dist loadfile --durations=15
 
 # every test but those that train a model for more than one epoch
 test-fast: setup
