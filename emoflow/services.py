@@ -44,7 +44,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         if value is not None:
             env[f"EMOFLOW_{field.upper()}"] = str(value)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
+    # the settings' server, not one this process was pointed at (mlflow.set_tracking_uri sets it)
+    env["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
     env.setdefault("BENTOML_DO_NOT_TRACK", "True")
     env.setdefault("BENTOML_HOME", str(settings.home / "bentoml"))
     return env
