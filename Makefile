@@ -1,6 +1,7 @@
 # The two commands a newcomer needs:
 #   make demo   one full continual-training cycle on generated sample data, ending with a served model
-#   make test   the test suite (unit, integration against real servers, end to end through Airflow)
+#   make test   the test suite (unit, integration against real servers, end to end through Airflow),
+#               on two processes that each take whole modules, the long ones first (tests/conftest.py)
 .PHONY: setup demo test test-fast lint bench bench-serving bench-gpu stop clean
 
 setup:
@@ -10,7 +11,7 @@ demo: setup
 	.venv/bin/emoflow demo
 
 test: setup
-	.venv/bin/pytest -n 2 --dist loadfile --durations=15
+	.venv/bin/pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 # every test but those that train a model for more than one epoch
 test-fast: setup

@@ -137,3 +137,17 @@ def untrained_weights():
 def tiny_onnx():
     """A function `(path) -> Path` writing a valid one-node ONNX model."""
     return _tiny_onnx
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long modules first (end to end, then those that train for several epochs): the suite
+    runs on two processes that each take whole modules in this order (Makefile: test), so the
+    long ones start at once instead of queueing behind hundreds of quick tests."""
+
+    def weight(item: pytest.Item) -> int:
+        return 0 if item.get_closest_marker("e2e") else 1 if item.get_closest_marker("slow") else 2
+
+    module_weight: dict[Path, int] = {}
+    for item in items:
+        module_weight[item.path] = min(module_weight.get(item.path, 2), weight(item))
+    items.sort(key=lambda item: module_weight[item.path])  # stable: each module keeps its order
