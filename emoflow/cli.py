@@ -181,6 +181,12 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> None:
     conf = {"revision": args.revision, "epochs": args.epochs, "imgsz": args.imgsz}
     data_registry.revision(settings, args.revision)  # an unknown one fails here, not in `pull`
     if args.debug:
+        if services.running_pid(settings, "scheduler"):  # it would run the same tasks again
+            raise services.ServiceError(
+                "the scheduler is running (its executor would also run the tasks of an "
+                "in-process run): stop it with `emoflow stop airflow` before `run --debug`, or "
+                "run without --debug"
+            )
         print(f"running {DAG_ID} in-process (airflow dags test) with {json.dumps(conf)} ...")
         print(f"{DAG_ID} succeeded; log: {runs.debug_run(settings, conf)}")
         return

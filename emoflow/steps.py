@@ -420,6 +420,10 @@ def run_with_xcom(step, *args: object):
         records.append(kind.model_validate(value) if kind and value is not None else value)
     try:
         result = step(*records)
+    except registry.PromotionConflict as exc:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(str(exc)) from exc  # a retry would meet the same champion
     except Exception as exc:
         if (fault := registry.unreachable(exc)) is not None:
             raise fault from exc  # a clear line in the task log; Airflow retries the task

@@ -249,8 +249,20 @@ def test_a_retried_pull_reads_the_revision_of_its_first_try(cycle):
     assert pulled_revision(api, cycle.run_id) == ("r1", 2)
 
 
+def test_an_in_process_run_is_refused_while_the_scheduler_runs(cycle):
+    """`airflow dags test` beside a scheduler would have its executor run the same tasks too."""
+    api = AirflowApi(cycle.settings)
+    before = api.dag_runs(runs.DAG_ID)
+    refused = emoflow(cycle.env, "run", "--debug", "--revision", "r1", check=False)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr.startswith("emoflow: error: the scheduler is running"), refused.stderr
+    assert api.dag_runs(runs.DAG_ID) == before
+
+
 @pytest.mark.faults
-def test_a_bad_batch_stops_the_run_before_training_and_keeps_the_champion(cycle, tmp_path):
+def test_a_bad_batch_is_refused_forced_stops_the_run_and_once_removed_the_next_one_trains(
+    cycle, tmp_path
+):
     settings, env = cycle.settings, cycle.env
     batch = tmp_path / "bad"
     source = data_registry.pull(settings, "r1").path
@@ -296,48 +308,50 @@ def test_a_bad_batch_stops_the_run_before_training_and_keeps_the_champion(cycle,
             "--no-trigger")  # fmt: skip
     assert data_registry.revisions(settings)[-1].digest == latest.digest
 
+    # The loop goes on: the next clean batch validates and trains.
+    since = datetime.now(UTC)
+    emoflow(env, "data", "add-batch", "--sample", "--seed", "9")
+    clean = data_registry.revisions(settings)[-1]
+    run_id = runs.wait_for_new_run(settings, since, timeout=120)
+    runs.follow(settings, run_id, timeout=900, echo=lambda line: None)
+    api = AirflowApi(settings)
+    assert pulled(api, run_id, "pull")["revision"] == clean.name
+    assert pulled(api, run_id, "train")["run_id"]
+    trained = client.search_model_versions(f"name='{settings.model_name}'")
+    assert len(trained) == versions_before + 1
 
-def test_a_person_rejects_then_approves_a_challenger_the_gate_passed(cycle):
+
+@pytest.mark.faults
+def test_a_person_rejects_then_approves_and_a_stale_run_cannot_take_the_champion_back(cycle):
     """With `gate.approval: human` in params, a challenger the gate passed waits in Airflow's
-    `approve` task, which the CLI answers through the REST API: rejected, the champion stays
-    and the rejection is in the history; the same challenger approved in a second run becomes
-    champion, recorded as that person's approval."""
+    `approve` task, which the CLI answers through the REST API. A second run triggered while the
+    first waits stays queued (one active emotion_ct run at a time). Rejected, the champion stays
+    and the rejection is in the history; the second run's challenger approved becomes champion,
+    recorded as that person's approval. Then the race the compare-and-swap is for: the rejected
+    run, rerun from `approve` and approved late, would put back a challenger its gate compared
+    with the old champion. Its promote fails at once (no retry), the newer champion stays and
+    the history gains nothing."""
     settings, env = cycle.settings, cycle.env
     original = settings.params_file.read_text()
     relaxed = yaml.safe_load(original)  # read by each task at run time: these runs pass the gate
     relaxed["gate"].update(min_improvement=-1.0, max_recall_regression=1.0, approval="human")
     settings.params_file.write_text(yaml.safe_dump(relaxed))
     api = AirflowApi(settings)
+    conf = {"revision": "r1", "epochs": 1}  # the cycle's data, always valid: a new model each run
     try:
         champion = registry.version_by_alias(settings, registry.CHAMPION).version
+        first = api.trigger(runs.DAG_ID, conf)
+        version = wait_for_approval(api, first)
+        second = api.trigger(runs.DAG_ID, conf)
+        time.sleep(10)  # several scheduler loops
+        assert api.dag_run(runs.DAG_ID, second)["state"] == "queued"
 
-        def run_and_answer(verdict: str, reason: str) -> tuple[str, int]:
-            conf = {"revision": "r1", "epochs": 1}  # the cycle's data, always valid: a new model
-            run_id = api.trigger(runs.DAG_ID, conf)
-            waiting = lambda: [  # noqa: E731
-                d for d in api.pending_approvals(runs.DAG_ID)
-                if d["task_instance"]["dag_run_id"] == run_id
-            ]  # fmt: skip
-            deadline = time.monotonic() + 600
-            while not waiting():
-                assert api.dag_run(runs.DAG_ID, run_id)["state"] != "failed", run_id
-                assert time.monotonic() < deadline, f"{run_id} never asked for an approval"
-                time.sleep(2)
-            (detail,) = waiting()
-            gate = pulled(api, run_id, "gate")
-            version = gate["challenger"]["version"]
-            assert detail["subject"] == f"Promote v{version} to champion?"
-            assert "Gate PASSED" in detail["body"] and "/artifactPath/gate/" in detail["body"]
-            answered = emoflow(env, "model", verdict, "--reason", reason).stdout
-            assert run_id in answered, answered
-            assert api.wait_for_run(runs.DAG_ID, run_id, 300)["state"] == "success"
-            return run_id, version
-
-        rejected_run, version = run_and_answer("reject", "not before the holidays")
-        assert task_state(api, rejected_run, "promote") == "skipped"
+        answer(env, api, "reject", first, "not before the holidays")
+        assert task_state(api, first, "promote") == "skipped"
         assert registry.version_by_alias(settings, registry.CHAMPION).version == champion
-        approved_run, again = run_and_answer("approve", "looks right")
-        assert task_state(api, approved_run, "promote") == "success"
+        again = wait_for_approval(api, second)
+        answer(env, api, "approve", second, "looks right")
+        assert task_state(api, second, "promote") == "success"
         assert registry.version_by_alias(settings, registry.CHAMPION).version == again
 
         history = emoflow(env, "model", "history").stdout.splitlines()
@@ -347,8 +361,52 @@ def test_a_person_rejects_then_approves_a_challenger_the_gate_passed(cycle):
         approval = history[-1]
         assert " approval " in approval and f"v{champion} -> v{again}" in approval
         assert "approved by user:admin: looks right" in approval
+
+        clear(api, first, "approve")  # what a person does in the UI: clear it and what follows
+        assert wait_for_approval(api, first) == version
+        late = emoflow(env, "model", "approve", "--run", first, "--reason", "changed my mind")
+        assert first in late.stdout, late.stdout
+        assert api.wait_for_run(runs.DAG_ID, first, 300)["state"] == "failed"
+        promote = api._request(
+            "GET", f"/api/v2/dags/{runs.DAG_ID}/dagRuns/{first}/taskInstances/promote"
+        )  # fmt: skip
+        assert promote["state"] == "failed", promote
+        text = runs.task_log(settings, first, "promote", promote["try_number"]).read_text()
+        assert (
+            f"not promoting v{version}: the gate compared it with v{champion}, but "
+            f"'{settings.model_name}' champion is v{again} now"
+        ) in text
+        assert not runs.task_log(settings, first, "promote", promote["try_number"] + 1).exists()
+        assert registry.version_by_alias(settings, registry.CHAMPION).version == again
+        assert emoflow(env, "model", "history").stdout.splitlines() == history
     finally:
         settings.params_file.write_text(original)
+
+
+def wait_for_approval(api: AirflowApi, run_id: str, timeout: float = 600) -> int:
+    """Wait until `run_id` asks a person to approve its challenger; returns the version."""
+
+    def waiting() -> list[dict]:
+        requests = api.pending_approvals(runs.DAG_ID)
+        return [d for d in requests if d["task_instance"]["dag_run_id"] == run_id]
+
+    deadline = time.monotonic() + timeout
+    while not waiting():
+        assert api.dag_run(runs.DAG_ID, run_id)["state"] != "failed", run_id
+        assert time.monotonic() < deadline, f"{run_id} never asked for an approval"
+        time.sleep(2)
+    (detail,) = waiting()
+    version = pulled(api, run_id, "gate")["challenger"]["version"]
+    assert detail["subject"] == f"Promote v{version} to champion?"
+    assert "Gate PASSED" in detail["body"] and "/artifactPath/gate/" in detail["body"]
+    return version
+
+
+def answer(env: dict, api: AirflowApi, verdict: str, run_id: str, reason: str) -> None:
+    """`emoflow model approve|reject` for the one run waiting; the run then succeeds."""
+    answered = emoflow(env, "model", verdict, "--reason", reason).stdout
+    assert run_id in answered, answered
+    assert api.wait_for_run(runs.DAG_ID, run_id, 300)["state"] == "success"
 
 
 def pulled(api: AirflowApi, run_id: str, task_id: str) -> dict:
@@ -391,6 +449,11 @@ def rerun(api: AirflowApi, run_id: str, task_id: str) -> None:
     while api._request("GET", base)["state"] not in ("failed", "up_for_retry"):
         assert time.monotonic() < deadline, f"{task_id} was killed but never failed"
         time.sleep(0.5)
+    clear(api, run_id, task_id)
+
+
+def clear(api: AirflowApi, run_id: str, task_id: str) -> None:
+    """Clear a task instance and those downstream of it, as the UI's Clear does."""
     api._request(
         "POST", f"/api/v2/dags/{runs.DAG_ID}/clearTaskInstances",
         json={"dag_run_id": run_id, "task_ids": [task_id], "dry_run": False,
