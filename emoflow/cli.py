@@ -181,7 +181,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> None:
     conf = {"revision": args.revision, "epochs": args.epochs, "imgsz": args.imgsz}
     data_registry.revision(settings, args.revision)  # an unknown one fails here, not in `pull`
     if args.debug:
-        if services.running_pid(settings, "scheduler"):  # it would run the same tasks again
+        if services.running_pid(settings, "airflow-scheduler"):  # it would run the tasks too
             raise services.ServiceError(
                 "the scheduler is running (its executor would also run the tasks of an "
                 "in-process run): stop it with `emoflow stop airflow` before `run --debug`, or "

@@ -337,12 +337,12 @@ def test_a_person_rejects_then_approves_and_a_stale_run_cannot_take_the_champion
     relaxed["gate"].update(min_improvement=-1.0, max_recall_regression=1.0, approval="human")
     settings.params_file.write_text(yaml.safe_dump(relaxed))
     api = AirflowApi(settings)
-    conf = {"revision": "r1", "epochs": 1}  # the cycle's data, always valid: a new model each run
+    conf = {"revision": "r1", "epochs": 1}  # the cycle's data, always valid
     try:
         champion = registry.version_by_alias(settings, registry.CHAMPION).version
         first = api.trigger(runs.DAG_ID, conf)
         version = wait_for_approval(api, first)
-        second = api.trigger(runs.DAG_ID, conf)
+        second = api.trigger(runs.DAG_ID, {**conf, "imgsz": 128})  # another model, not a reuse
         time.sleep(10)  # several scheduler loops
         assert api.dag_run(runs.DAG_ID, second)["state"] == "queued"
 
@@ -350,6 +350,7 @@ def test_a_person_rejects_then_approves_and_a_stale_run_cannot_take_the_champion
         assert task_state(api, first, "promote") == "skipped"
         assert registry.version_by_alias(settings, registry.CHAMPION).version == champion
         again = wait_for_approval(api, second)
+        assert again != version
         answer(env, api, "approve", second, "looks right")
         assert task_state(api, second, "promote") == "success"
         assert registry.version_by_alias(settings, registry.CHAMPION).version == again
