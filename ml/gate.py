@@ -126,6 +126,10 @@ def _fmt(value: float | None) -> str:
     )
 
 
+def _matched(m: EvalResult) -> str:
+    return "-" if m.matched_faces is None or m.faces is None else f"{m.matched_faces}/{m.faces}"
+
+
 def markdown(result: GateResult) -> str:
     """The report as Markdown: the rules table (value, threshold, verdict) and the evidence."""
     rows = [("challenger", result.challenger)]
@@ -143,11 +147,13 @@ def markdown(result: GateResult) -> str:
             for c in result.checks
         ),  # fmt: skip
         "",
-        "| model | version | test revision | images | mAP50 | mAP50-95 |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| model | version | test revision | images | mAP50 | mAP50-95 | accuracy | macro-F1 "
+        "| faces matched |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *(
             f"| {role} | {m.version} | {m.revision} | {m.images} | {m.map50:.3f} | "
-            f"{m.map50_95:.3f} |"
+            f"{m.map50_95:.3f} | {_fmt(m.accuracy)} | {_fmt(m.macro_f1)} | "
+            f"{_matched(m)} |"
             for role, m in rows
         ),  # fmt: skip
     ]
@@ -181,7 +187,9 @@ def summary(result: GateResult) -> str:
     lines = [
         f"**Gate {'PASSED' if result.passed else 'REFUSED'}**: v{result.challenger.version} "
         f"against {champion}, test split of revision `{result.test_revision}`{images}; "
-        f"mAP50 {result.challenger.map50:.3f}, mAP50-95 {result.challenger.map50_95:.3f}.",
+        f"mAP50 {result.challenger.map50:.3f}, mAP50-95 {result.challenger.map50_95:.3f}, "
+        f"emotion accuracy {_fmt(result.challenger.accuracy)}, "
+        f"macro-F1 {_fmt(result.challenger.macro_f1)} (matched faces).",
         "",
         "| rule | value | threshold | verdict |",
         "| --- | --- | --- | --- |",
@@ -288,6 +296,12 @@ def _log_to_run(settings: Settings, run_id: str, result: GateResult) -> None:
                "test_map50_95": result.challenger.map50_95}  # fmt: skip
     # per-class test recall as metrics, so MLflow's compare view of two runs shows the rule
     metrics |= {f"test_recall_{cls}": r for cls, r in result.challenger.per_class_recall.items()}
+    # top-1 emotion accuracy and macro-F1 of the matched faces, as face-expression papers report
+    for key in ("accuracy", "macro_f1"):
+        if (value := getattr(result.challenger, key)) is not None:
+            metrics[f"test_{key}"] = value
+        if result.champion is not None and (value := getattr(result.champion, key)) is not None:
+            metrics[f"champion_test_{key}"] = value
     if result.latency_ms is not None:
         metrics["gate_latency_ms"] = result.latency_ms
     if (b := result.bootstrap) is not None:

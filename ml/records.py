@@ -57,6 +57,12 @@ class EvalResult(Record):
     revision: str | None = None  # data revision whose test split was used
     images: int | None = None  # test images evaluated
     stats_path: Path | None = None  # .npz of per-image stats (tp, conf, classes): bootstrap input
+    # emotion of the faces found: each labelled face matched (IoU >= 0.5, any class) to one
+    # prediction, highest confidence first; top-1 accuracy and macro-F1 over the matched faces
+    accuracy: float | None = None
+    macro_f1: float | None = None
+    matched_faces: int | None = None  # labelled faces that a prediction matched
+    faces: int | None = None  # labelled faces in the test split
 
 
 class GateResult(Record):

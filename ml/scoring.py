@@ -11,6 +11,7 @@ uses these measurements is in `ml.gate`.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ class ImageStats:
     conf: np.ndarray  # (n_pred,) float
     pred_cls: np.ndarray  # (n_pred,) int
     target_cls: np.ndarray  # (n_target,) int
+    matched_cls: np.ndarray  # (n_target,) int: class of the prediction matched to it, -1: none
     pred_start: np.ndarray  # (n_images + 1,) int
     target_start: np.ndarray  # (n_images + 1,) int
 
@@ -54,7 +56,8 @@ class ImageStats:
 
     @classmethod
     def from_images(cls, per_image: list[dict]) -> ImageStats:
-        """From ultralytics' per-image stat dicts (keys tp, conf, pred_cls, target_cls, im_name)."""
+        """From ultralytics' per-image stat dicts (keys tp, conf, pred_cls, target_cls, im_name)
+        plus ``matched_cls`` (see `match_faces`)."""
         per_image = sorted(per_image, key=lambda s: s["im_name"])
         names = [s["im_name"] for s in per_image]
         if len(set(names)) != len(names):
@@ -73,6 +76,7 @@ class ImageStats:
             conf=cat("conf", (), np.float64),
             pred_cls=cat("pred_cls", (), np.int64),
             target_cls=cat("target_cls", (), np.int64),
+            matched_cls=cat("matched_cls", (), np.int64),
             pred_start=np.concatenate([[0], np.cumsum(n_pred, dtype=np.int64)]),
             target_start=np.concatenate([[0], np.cumsum(n_target, dtype=np.int64)]),
         )
@@ -135,6 +139,66 @@ class Map50:
             precision = tpc / (tpc + fpc)
             aps.append(_ap(recall, precision))
         return float(np.mean(aps)) if aps else 0.0
+
+
+def match_faces(
+    iou: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, threshold: float = 0.5
+) -> np.ndarray:
+    """The predicted class of each labelled face, -1 where no prediction matches it.
+
+    `iou` is (n_target, n_pred). Predictions are taken highest confidence first, whatever their
+    class; each one takes the still unmatched face it overlaps most, if that IoU is at least
+    `threshold`. So a face's emotion is that of the most confident box on it: the top-1 answer
+    a face-expression classifier would give for that face.
+    """
+    iou = np.asarray(iou, dtype=np.float64)
+    if iou.ndim != 2 or iou.shape[1] != len(conf):
+        raise ValueError(f"iou must be (faces, predictions) with {len(conf)} predictions, "
+                         f"got shape {iou.shape}")  # fmt: skip
+    matched = np.full(iou.shape[0], -1, np.int64)
+    free = np.ones(iou.shape[0], bool)
+    for j in np.argsort(-np.asarray(conf), kind="stable"):
+        if not free.any():
+            break
+        overlap = np.where(free, iou[:, j], -1.0)
+        t = int(np.argmax(overlap))
+        if overlap[t] >= threshold:
+            matched[t] = int(pred_cls[j])
+            free[t] = False
+    return matched
+
+
+@dataclass(frozen=True)
+class EmotionMetrics:
+    """Top-1 emotion accuracy and macro-F1 over the labelled faces that a prediction matched."""
+
+    accuracy: float  # NaN when no face was matched
+    macro_f1: float  # mean F1 over the classes that are true or predicted among matched faces
+    per_class_f1: dict[str, float]
+    matched: int
+    faces: int
+
+
+def emotion_metrics(stats: ImageStats, nc: int = len(EMOTIONS)) -> EmotionMetrics:
+    """Accuracy and macro-F1 of the matched faces' predicted emotions (as sklearn's
+    ``accuracy_score`` and ``f1_score(average="macro")`` compute them on those faces)."""
+    hit = stats.matched_cls >= 0
+    true, pred = stats.target_cls[hit], stats.matched_cls[hit]
+    n = max(nc, int(true.max(initial=-1)) + 1, int(pred.max(initial=-1)) + 1)
+    confusion = np.zeros((n, n), np.int64)
+    np.add.at(confusion, (true, pred), 1)
+    tp = np.diag(confusion).astype(np.float64)
+    support, predicted = confusion.sum(1), confusion.sum(0)
+    per_class = {}
+    for c in np.flatnonzero((support + predicted) > 0):
+        per_class[EMOTIONS[c] if c < len(EMOTIONS) else str(c)] = float(
+            2 * tp[c] / (support[c] + predicted[c])
+        )
+    return EmotionMetrics(
+        accuracy=float(tp.sum() / hit.sum()) if hit.any() else math.nan,
+        macro_f1=float(np.mean(list(per_class.values()))) if per_class else math.nan,
+        per_class_f1=per_class, matched=int(hit.sum()), faces=int(len(stats.target_cls)),
+    )  # fmt: skip
 
 
 def _ap(recall: np.ndarray, precision: np.ndarray) -> float:
@@ -213,10 +277,29 @@ def score(
         seen["validator"] = validator
         metrics = validator.metrics
         update_stats = metrics.update_stats
+        process_batch = validator._process_batch
+
+        def with_matches(preds: dict, batch: dict) -> dict:
+            # update_metrics spreads this dict into the stat it hands update_stats; add the
+            # class-agnostic face matches (update_stats keeps only the keys it knows)
+            out = process_batch(preds, batch)
+            n_t, n_p = batch["cls"].shape[0], preds["cls"].shape[0]
+            if n_t and n_p:
+                from ultralytics.utils.metrics import box_iou
+
+                iou = box_iou(batch["bboxes"], preds["bboxes"]).cpu().numpy()
+                conf, cls = preds["conf"].cpu().numpy(), preds["cls"].cpu().numpy()
+                matched = match_faces(iou, conf, cls)
+            else:
+                matched = np.full(n_t, -1, np.int64)
+            return {**out, "matched_cls": matched}
+
+        validator._process_batch = with_matches
 
         def keep(stat: dict) -> None:
+            keys = ("tp", "conf", "pred_cls", "target_cls", "matched_cls", "im_name")
             per_image.append({k: np.array(stat[k], copy=True) if k != "im_name" else stat[k]
-                              for k in ("tp", "conf", "pred_cls", "target_cls", "im_name")})  # fmt: skip
+                              for k in keys})  # fmt: skip
             update_stats(stat)
 
         metrics.update_stats = keep
@@ -245,6 +328,7 @@ def score(
     stats_path = stats.save(Path(stats_dir or metrics.save_dir) / f"eval-{name}.npz")
     box = metrics.box
     recall = {EMOTIONS[int(c)]: float(box.r[i]) for i, c in enumerate(box.ap_class_index)}
+    emotions = emotion_metrics(stats)
     return EvalResult(
         version=version,
         map50=float(box.map50),
@@ -253,6 +337,10 @@ def score(
         revision=dataset.revision,
         images=stats.images,
         stats_path=stats_path,
+        accuracy=None if math.isnan(emotions.accuracy) else emotions.accuracy,
+        macro_f1=None if math.isnan(emotions.macro_f1) else emotions.macro_f1,
+        matched_faces=emotions.matched,
+        faces=emotions.faces,
     )
 
 

@@ -154,7 +154,9 @@ def test_a_class_the_challenger_lost_counts_as_zero_recall():
 
 
 def test_report_has_a_row_per_rule_and_the_json_has_everything(tmp_path: Path):
-    challenger = result(0.7, recall={"happy": 0.80, "sad": 0.85, "fear": 0.70})
+    challenger = result(0.7, recall={"happy": 0.80, "sad": 0.85, "fear": 0.70}).model_copy(
+        update={"accuracy": 0.625, "macro_f1": 0.5, "matched_faces": 390, "faces": 400}
+    )
     champion = result(0.6, version=1)
     passed, checks = verdict(challenger, champion, PARAMS, ci(0.05, 0.15), FAST)
     report = write_report(
@@ -173,6 +175,8 @@ def test_report_has_a_row_per_rule_and_the_json_has_everything(tmp_path: Path):
     assert "| max_latency_ms | 5.00 ms | <= 20.0 ms | PASS |" in text
     assert "| happy | 0.900 | 0.800 | -0.100 |" in text
     assert "data revision `r1`" in text
+    assert "| challenger | 2 | r1 | 400 | 0.700 | 0.500 | 0.625 | 0.500 | 390/400 |" in text
+    assert "| champion | 1 | r1 | 400 | 0.600 | 0.500 | - | - | - |" in text
     back = GateResult.model_validate_json(report.report_path.read_text())
     assert back == report and back.bootstrap.low == pytest.approx(0.05)
     assert not list(tmp_path.glob(".*tmp"))  # nothing half-written left behind
@@ -237,7 +241,13 @@ def test_the_step_logs_to_the_training_run_without_reopening_it(
     assert recall and after.data.metrics == pytest.approx(
         {"test_map50": result.challenger.map50, "test_map50_95": result.challenger.map50_95}
         | {f"test_recall_{cls}": value for cls, value in recall.items()}
+        | {
+            f"test_{key}": value
+            for key in ("accuracy", "macro_f1")
+            if (value := getattr(result.challenger, key)) is not None
+        }  # fmt: skip
     )
+    assert result.challenger.faces == 6 and result.challenger.matched_faces is not None
     logged = sorted(a.path for a in client.list_artifacts(run_id, "gate"))
     assert logged == [f"gate/eval-v{version}.npz", f"gate/gate-v{version}.json",
                       f"gate/gate-v{version}.md"]  # fmt: skip

@@ -21,6 +21,8 @@ from ml.scoring import (
     ImageStats,
     Map50,
     bootstrap_map50_diff,
+    emotion_metrics,
+    match_faces,
     measure_latency,
     same_images,
     score,
@@ -49,11 +51,46 @@ def synthetic(skill: float, images: int = 300, seed: int = 0) -> ImageStats:
             "conf": np.array([rng.uniform(0.5, 1.0), *rng.uniform(0.0, 0.6, 2)]),
             "pred_cls": np.array([best_cls, *rng.integers(0, NC, 2)], float),
             "target_cls": np.array([label], float),
+            "matched_cls": np.array([best_cls]),
         })  # fmt: skip
     return ImageStats.from_images(per_image)
 
 
 # ------------------------------------------------------------------------ per-image stats
+
+
+def test_a_face_takes_the_most_confident_box_on_it_whatever_its_class():
+    # faces 0 and 1; boxes: a (conf 0.9, class 4) on face 0, b (0.8, class 2) on face 0 too,
+    # c (0.7, class 6) overlapping face 1 at IoU 0.49 only, d (0.3, class 1) on face 1
+    iou = np.array([[0.8, 0.95, 0.0, 0.0],
+                    [0.1, 0.00, 0.49, 0.6]])  # fmt: skip
+    conf = np.array([0.9, 0.8, 0.7, 0.3])
+    assert match_faces(iou, conf, np.array([4, 2, 6, 1])).tolist() == [4, 1]
+    # b cannot take face 0 a second time, and below the IoU threshold nothing matches
+    assert match_faces(iou[:1, :2], conf[:2], np.array([4, 2])).tolist() == [4]
+    assert match_faces(iou, conf, np.array([4, 2, 6, 1]), threshold=0.99).tolist() == [-1, -1]
+    assert match_faces(np.zeros((2, 0)), np.zeros(0), np.zeros(0)).tolist() == [-1, -1]
+
+
+def test_accuracy_and_macro_f1_are_sklearns_on_the_matched_faces():
+    from sklearn.metrics import accuracy_score, f1_score
+
+    stats = synthetic(0.6, images=200)
+    rng = np.random.default_rng(5)
+    missed = rng.random(stats.images) < 0.2  # some faces found by no box
+    stats = ImageStats(**{**stats.__dict__,
+                          "matched_cls": np.where(missed, -1, stats.matched_cls)})  # fmt: skip
+    m = emotion_metrics(stats)
+    true, pred = stats.target_cls[~missed], stats.matched_cls[~missed]
+    assert (m.matched, m.faces) == (int((~missed).sum()), 200)
+    assert m.accuracy == pytest.approx(accuracy_score(true, pred))
+    assert m.macro_f1 == pytest.approx(f1_score(true, pred, average="macro"))
+    assert 0.45 < m.accuracy < 0.75  # about the synthetic model's skill
+    perfect = emotion_metrics(ImageStats(**{**stats.__dict__, "matched_cls": stats.target_cls}))
+    assert (perfect.accuracy, perfect.macro_f1) == (1.0, 1.0)
+    none = emotion_metrics(ImageStats(**{**stats.__dict__,
+                                         "matched_cls": np.full(200, -1)}))  # fmt: skip
+    assert none.matched == 0 and math.isnan(none.accuracy) and math.isnan(none.macro_f1)
 
 
 def test_map50_matches_ultralytics_ap_per_class(tmp_path: Path):
@@ -70,7 +107,8 @@ def test_image_stats_round_trip_sorted_by_name(tmp_path: Path):
     stats = synthetic(0.5, images=20)
     shuffled = ImageStats.from_images([
         {"im_name": str(name), "tp": stats.tp[a:b], "conf": stats.conf[a:b],
-         "pred_cls": stats.pred_cls[a:b], "target_cls": stats.target_cls[c:d]}
+         "pred_cls": stats.pred_cls[a:b], "target_cls": stats.target_cls[c:d],
+         "matched_cls": stats.matched_cls[c:d]}
         for name, a, b, c, d in reversed(list(zip(
             stats.names, stats.pred_start, stats.pred_start[1:], stats.target_start,
             stats.target_start[1:], strict=False)))
@@ -161,6 +199,17 @@ def test_score_writes_per_image_stats_that_reproduce_its_map(tiny, tmp_path: Pat
     assert stats.target_cls.tolist() == labels
     assert stats.tp.shape == (len(stats.conf), 10) and len(stats.conf) > 0
     assert Map50(stats)() == pytest.approx(result.map50, abs=1e-9)
+    # emotion accuracy of matched faces: from the same stats, one class per labelled face
+    assert stats.matched_cls.shape == stats.target_cls.shape
+    emotions = emotion_metrics(stats)
+    assert (result.matched_faces, result.faces) == (emotions.matched, len(labels))
+    # one face per image: a face with a class-correct box at IoU 0.5 is a matched face
+    assert int(stats.tp[:, 0].sum()) <= result.matched_faces <= result.faces
+    if result.matched_faces:
+        assert result.accuracy == pytest.approx(emotions.accuracy)
+        assert result.macro_f1 == pytest.approx(emotions.macro_f1)
+    else:  # an untrained model may find no face: no accuracy, rather than a made-up 0
+        assert result.accuracy is None and result.macro_f1 is None
 
 
 def test_latency_of_the_onnx_export_is_measured(tiny):
