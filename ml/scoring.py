@@ -23,6 +23,7 @@ from ml import yolo
 from ml.config import EMOTIONS, Settings, resolve_device
 from ml.dataset_format import SPLITS, letterbox, list_images, to_tensor
 from ml.records import DatasetRef, EvalResult, GateResult
+from ml.safe_weights import load_checkpoint
 
 Bootstrap = GateResult.Bootstrap
 
@@ -263,9 +264,11 @@ def score(
     """mAP and per-class recall of `weights` on the dataset's test split.
 
     The per-image stats behind them are written to ``<stats_dir>/eval-<name>.npz`` (default:
-    the ultralytics val folder) and named by the result's `stats_path`.
+    the ultralytics val folder) and named by the result's `stats_path`. `weights` is checked
+    first (`ml.safe_weights`): a file whose pickle would run code raises `UnsafeWeights`.
     """
     ultralytics = yolo.load(settings.home / "ultralytics")
+    load_checkpoint(weights)  # a registry file: refused (UnsafeWeights) before ultralytics runs it
     model = ultralytics.YOLO(str(weights))
     per_image: list[dict] = []
     seen: dict = {}

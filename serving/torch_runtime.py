@@ -2,7 +2,7 @@
 
 A `.pt` file is a pickle, and unpickling runs whatever callables the file names. The registry is
 writable by anyone who can reach it, so a champion's weights are read by torch's weights-only
-loader with exactly the classes of the model's own layers allowed (`load_checkpoint`); a file
+loader with exactly the classes of the model's own layers allowed (`ml.safe_weights`); a file
 that names anything else is refused before any of it runs.
 """
 
@@ -14,51 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-LAYER_MODULES = ("torch.nn.modules.", "ultralytics.nn.")
-"""Where the classes that a weights-only load may build live: the model's layers."""
-
-
-class UnsafeWeights(ValueError):
-    """A .pt file names something other than tensors, plain data and model layers."""
-
-
-def _layer_class(name: str) -> type | None:
-    """The class a checkpoint names as `module.Class`, if it is a torch module class of torch.nn
-    or ultralytics.nn (whose pickled state is only data); else None."""
-    import importlib
-
-    import torch
-
-    module, _, attr = name.rpartition(".")
-    if not f"{module}.".startswith(LAYER_MODULES):
-        return None
-    try:
-        found = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        return None
-    return found if isinstance(found, type) and issubclass(found, torch.nn.Module) else None
-
-
-def load_checkpoint(weights: Path) -> dict:
-    """An ultralytics checkpoint, unpickled by torch's weights-only loader with the model's layer
-    classes allowed and nothing else: a file from the registry that names any other global (a
-    code payload, say) is refused before anything in it runs (`UnsafeWeights`)."""
-    import torch
-    from torch.serialization import get_unsafe_globals_in_checkpoint, safe_globals
-
-    names = get_unsafe_globals_in_checkpoint(weights)  # reads the pickle, calls nothing
-    classes = {name: _layer_class(name) for name in names}
-    refused = sorted(name for name, found in classes.items() if found is None)
-    if refused:
-        raise UnsafeWeights(
-            f"refused to load {weights.name}: it names {', '.join(refused)}, which no model "
-            "layer is (loading a pickled file runs what it names)"
-        )
-    with safe_globals(list(classes.values())):
-        checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict):
-        raise UnsafeWeights(f"{weights.name}: not an ultralytics checkpoint (a dict)")
-    return checkpoint
+from ml.safe_weights import load_checkpoint
 
 
 def torch_forward(weights: Path, device: str) -> Callable[[np.ndarray], np.ndarray]:
