@@ -48,6 +48,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -315,21 +317,21 @@ def service_counters(url: str) -> tuple[int, int | None]:
     return int(failed), None if dropped is None else int(dropped)
 
 
-def preflight(url: str, jpegs: list[bytes]) -> int:
-    """Each image once, in order (also a warm-up); returns the faces found in all of them."""
-    faces = 0
+def preflight(url: str, jpegs: list[bytes]) -> list[list[dict]]:
+    """Each image once, in order (also a warm-up); returns the faces answered for each."""
+    answers = []
     with httpx.Client(timeout=60) as client:
         for data in jpegs:
             response = client.post(url, files={"image": ("face.jpg", data, "image/jpeg")})
             if response.status_code != 200:
                 raise RuntimeError(f"{url}: HTTP {response.status_code}: {response.text[:300]}")
-            faces += len(response.json()["faces"])
-    return faces
+            answers.append(response.json()["faces"])
+    return answers
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds (user + system) used so far by a server's live processes: `root` and its
-    descendants (BentoML's worker runs in a session of its own, under circusd)."""
+def process_tree(root: int) -> dict[int, int]:
+    """A server's live processes, `root` and its descendants (BentoML's worker runs in a session
+    of its own, under circusd): each pid's CPU clock ticks (user + system) so far."""
     stats = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -342,23 +344,39 @@ def tree_cpu_seconds(root: int) -> float:
         children = {pid for pid, (ppid, _) in stats.items() if ppid in tree} - tree
         tree |= children
         grew = bool(children)
-    return sum(stats[pid][1] for pid in tree if pid in stats) / os.sysconf("SC_CLK_TCK")
+    return {pid: stats[pid][1] for pid in tree if pid in stats}
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system) used so far by a server's live processes (`process_tree`)."""
+    return sum(process_tree(root).values()) / os.sysconf("SC_CLK_TCK")
+
+
+def body_files(home: Path, jpegs: list[bytes]) -> list[Path]:
+    """Each image as a multipart request body in a file, for wrk."""
+    bodies = Path(tempfile.mkdtemp(prefix="bodies-", dir=home))
+    files = [bodies / f"{index:04d}.multipart" for index in range(len(jpegs))]
+    for path, data in zip(files, jpegs, strict=True):
+        path.write_bytes(multipart(data))
+    return files
 
 
 def run_levels(
-    name: str, base_url: str, jpegs: list[bytes], args, metrics: bool, pid: int
+    name: str,
+    base_url: str,
+    jpegs: list[bytes],
+    args,
+    metrics: bool,
+    pid: int,
+    concurrency_levels: list[int] | None = None,
 ) -> list[Level]:
-    bodies = Path(tempfile.mkdtemp(prefix="bodies-", dir=args.home))
-    body_files = [bodies / f"{index:04d}.multipart" for index in range(len(jpegs))]
-    for path, data in zip(body_files, jpegs, strict=True):
-        path.write_bytes(multipart(data))
+    """Closed-loop load on /predict at each level (default `args.concurrency`)."""
+    bodies = body_files(args.home, jpegs)
     levels = []
-    for concurrency in args.concurrency:
+    for concurrency in concurrency_levels or args.concurrency:
         before = service_counters(base_url) if metrics else None
         cpu = tree_cpu_seconds(pid)
-        level = closed_loop(
-            f"{base_url}/predict", body_files, concurrency, args.warmup, args.seconds
-        )
+        level = closed_loop(f"{base_url}/predict", bodies, concurrency, args.warmup, args.seconds)
         cpu = tree_cpu_seconds(pid) - cpu
         if level.answered:
             level.server_cpu_ms_per_request = round(1000 * cpu / level.answered, 2)
@@ -380,7 +398,10 @@ def run_levels(
 # ---------------------------------------------------------------- the three contenders
 
 
-def bench_service(home: Path, model: Model, jpegs: list[bytes], args) -> dict:
+@contextmanager
+def running_service(home: Path, model: Model) -> Iterator[tuple[Settings, int]]:
+    """The real service (and its own MLflow server, with `model` registered as champion) until
+    the block ends: its settings and the pid of its process tree's root."""
     settings = Settings(
         _env_file=None, home=home / "service-home",
         mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}", serve_port=free_port(),
@@ -404,12 +425,18 @@ def bench_service(home: Path, model: Model, jpegs: list[bytes], args) -> dict:
         except services.ServiceError:
             say(log_tail(services.log_file(settings, "service")))
             raise
-        say(f"(a) service ready, serving version {version}; one pass over the images ...")
-        faces = preflight(f"{settings.service_url}/predict", jpegs)
-        levels = run_levels("(a) service ", settings.service_url, jpegs, args, True, pid)
+        say(f"(a) service ready, serving version {version}")
+        yield settings, pid
     finally:
         services.stop(settings, "service")
         services.stop(settings, "mlflow")
+
+
+def bench_service(home: Path, model: Model, jpegs: list[bytes], args) -> dict:
+    with running_service(home, model) as (settings, pid):
+        say("(a) one pass over the images ...")
+        faces = sum(map(len, preflight(f"{settings.service_url}/predict", jpegs)))
+        levels = run_levels("(a) service ", settings.service_url, jpegs, args, True, pid)
     return {"faces_in_images": faces, "levels": [asdict(level) for level in levels],
             "log": str(services.log_file(settings, "service"))}  # fmt: skip
 
@@ -432,11 +459,13 @@ def register(settings: Settings, model: Model) -> int:
     return ref.version
 
 
-def bench_baseline(home: Path, model: Model, jpegs: list[bytes], args) -> dict:
-    settings = Settings(_env_file=None, home=home / "baseline-home")  # only for pid/log files
+@contextmanager
+def running_baseline(home: Path, model: Model, imgsz: int) -> Iterator[tuple[str, int]]:
+    """bench/baseline_app.py on `model`'s .pt at `imgsz` until the block ends: its URL and pid."""
+    settings = Settings(_env_file=None, home=home / f"baseline-{imgsz}")  # only pid/log files
     port = free_port()
     env = child_env(os.environ)
-    env.update(BENCH_WEIGHTS=str(model.weights), BENCH_IMGSZ=str(model.imgsz),
+    env.update(BENCH_WEIGHTS=str(model.weights), BENCH_IMGSZ=str(imgsz),
                YOLO_CONFIG_DIR=str(home / "ultralytics"))  # fmt: skip
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "uvicorn", "baseline_app:app",
@@ -445,16 +474,21 @@ def bench_baseline(home: Path, model: Model, jpegs: list[bytes], args) -> dict:
     server = services.Server("baseline", command, f"http://127.0.0.1:{port}/health", env)
     url = f"http://127.0.0.1:{port}"
     try:
-        say(f"(b) starting the baseline ({url}) ...")
+        say(f"(b) starting the baseline at imgsz {imgsz} ({url}) ...")
         try:
             pid = services.start(server, settings, timeout=240)
         except services.ServiceError:
             say(log_tail(services.log_file(settings, "baseline")))
             raise
-        faces = preflight(f"{url}/predict", jpegs)
-        levels = run_levels("(b) baseline", url, jpegs, args, False, pid)
+        yield url, pid
     finally:
         services.stop(settings, "baseline")
+
+
+def bench_baseline(home: Path, model: Model, jpegs: list[bytes], args) -> dict:
+    with running_baseline(home, model, model.imgsz) as (url, pid):
+        faces = sum(map(len, preflight(f"{url}/predict", jpegs)))
+        levels = run_levels("(b) baseline", url, jpegs, args, False, pid)
     return {"faces_in_images": faces, "levels": [asdict(level) for level in levels]}
 
 
@@ -504,12 +538,18 @@ def bench_raw(model: Model, arrays: list[np.ndarray], args) -> dict:
 # ---------------------------------------------------------------- report
 
 
+def best_within_p95(levels: list[dict]) -> dict | None:
+    """The level with the most answers a second among those with p95 <= P95_BUDGET_MS and no
+    failure (client side or, where counted, the service's own)."""
+    within = [lv for lv in levels if lv["p95_ms"] is not None and lv["p95_ms"] <= P95_BUDGET_MS
+              and lv["failed"] == 0 and not lv["service_failed"]]  # fmt: skip
+    return max(within, key=lambda lv: lv["throughput_rps"], default=None)
+
+
 def goals(results: dict) -> dict:
     out: dict = {}
     service = results.get("service", {}).get("levels", [])
-    within = [lv for lv in service if lv["p95_ms"] is not None and lv["p95_ms"] <= P95_BUDGET_MS
-              and lv["failed"] == 0 and not lv["service_failed"]]  # fmt: skip
-    best = max(within, key=lambda lv: lv["throughput_rps"], default=None)
+    best = best_within_p95(service)
     out["service_best_within_p95"] = (
         {"concurrency": best["concurrency"], "throughput_rps": best["throughput_rps"],
          "p95_ms": best["p95_ms"]} if best else None
@@ -540,23 +580,28 @@ def goals(results: dict) -> dict:
     return out
 
 
-def print_report(results: dict) -> None:
-    def cell(level: dict | None) -> str:
-        if level is None:
-            return f"{'-':>41}"
-        p = [f"{level[k]:.0f}" if level[k] is not None else "-"
-             for k in ("p50_ms", "p95_ms", "p99_ms")]  # fmt: skip
-        cpu = level["server_cpu_ms_per_request"]
-        cpu = f"{cpu:.1f}" if cpu is not None else "-"
-        return (f"{level['throughput_rps']:7.1f} {p[0]:>6} {p[1]:>6} {p[2]:>6} {cpu:>7} "
-                f"{level['failed']:>4}")  # fmt: skip
+LEVEL_HEAD = f"{'req/s':>7} {'p50':>6} {'p95':>6} {'p99':>6} {'cpu/req':>7} {'fail':>4}"
 
+
+def cell(level: dict | None) -> str:
+    """One level as a table cell under LEVEL_HEAD (41 characters)."""
+    if level is None:
+        return f"{'-':>41}"
+    p = [f"{level[k]:.0f}" if level[k] is not None else "-"
+         for k in ("p50_ms", "p95_ms", "p99_ms")]  # fmt: skip
+    cpu = level["server_cpu_ms_per_request"]
+    cpu = f"{cpu:.1f}" if cpu is not None else "-"
+    return (f"{level['throughput_rps']:7.1f} {p[0]:>6} {p[1]:>6} {p[2]:>6} {cpu:>7} "
+            f"{level['failed']:>4}")  # fmt: skip
+
+
+def print_report(results: dict) -> None:
     service = {lv["concurrency"]: lv for lv in results.get("service", {}).get("levels", [])}
     baseline = {lv["concurrency"]: lv for lv in results.get("baseline", {}).get("levels", [])}
     raw = results.get("raw_onnx")
     say("")
     say(f"{'':6} {'(a) emoflow service':^41} | {'(b) baseline (ultralytics/FastAPI)':^41} |")
-    head = f"{'req/s':>7} {'p50':>6} {'p95':>6} {'p99':>6} {'cpu/req':>7} {'fail':>4}"
+    head = LEVEL_HEAD
     say(f"{'conc':>6} {head} | {head} | {'a/b':>6} {'a/c':>6} {'svc fail':>8}")
     for concurrency in sorted(set(service) | set(baseline)):
         a, b = service.get(concurrency), baseline.get(concurrency)
