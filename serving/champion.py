@@ -17,8 +17,9 @@ import time
 
 from prometheus_client import Gauge
 
-from ml import registry
 from ml.config import Settings
+from ml.registry import CHAMPION
+from serving import registry_api
 from serving.model import ServedModel, load_version
 from serving.switch import WATCH_SECONDS, Switchboard
 
@@ -85,7 +86,7 @@ class ChampionFollower:
         """Version `version` loaded beside the others (download, inference session)."""
         async with self.load_lock:
             if version not in self.models:
-                ref = await asyncio.to_thread(registry.version_ref, self.settings, version)
+                ref = await asyncio.to_thread(registry_api.version_ref, self.settings, version)
                 self.models[version] = await asyncio.to_thread(
                     load_version, self.settings, ref, self.threads
                 )
@@ -114,7 +115,7 @@ class ChampionFollower:
             old = self.served
             try:
                 ref = await asyncio.to_thread(
-                    registry.version_by_alias, self.settings, registry.CHAMPION
+                    registry_api.version_by_alias, self.settings, CHAMPION
                 )
                 if ref is not None and (old is None or old.ref.version != ref.version):
                     await self._swap(ref.version)

@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ml import registry
 from ml.config import Settings
 from ml.dataset_format import Letterbox, letterbox, to_tensor
 from ml.embedding import EMBEDDING_OUTPUT, Output, first_embedding
 from ml.records import ModelRef
+from serving import registry_api
 from serving.torch_runtime import cuda_present, torch_forward
 
 logger = logging.getLogger(__name__)
@@ -301,8 +301,10 @@ def load_version(settings: Settings, ref: ModelRef, threads: int = 0) -> ServedM
     parent = settings.home / "serving"
     parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"{ref.name}-v{ref.version}-", dir=parent) as dst:
-        onnx_path = registry.download_onnx(settings, ref, Path(dst))
-        weights = registry.download_weights(settings, ref, Path(dst)) if cuda_present() else None
+        onnx_path = registry_api.download_onnx(settings, ref, Path(dst))
+        weights = (
+            registry_api.download_weights(settings, ref, Path(dst)) if cuda_present() else None
+        )
         detector = Detector(onnx_path, threads, weights, "cuda" if weights else "cpu")
     logger.info("loaded %s version %s (%s)", ref.name, ref.version, detector.runtime)
     return ServedModel(ref, detector)
