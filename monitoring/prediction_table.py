@@ -1,6 +1,8 @@
-"""The prediction log's table: its schema, its database (SQLite or Postgres, by URI) and its
-reader. `monitoring.prediction_log.PredictionLog` writes it (in the service); Airflow's
-`emotion_monitor` reads it with `read_predictions`."""
+"""The prediction log's tables: their schema, their database (SQLite or Postgres, by URI) and
+readers. `monitoring.prediction_log.PredictionLog` writes ``predictions`` (in the service);
+Airflow's `emotion_monitor` reads it with `read_predictions`. The shadow log,
+``shadow_predictions``, sits beside it: the challenger's answers to a share of the requests,
+next to the champion's (written by serving/shadow.py, read by `monitoring.shadow_report`)."""
 
 from __future__ import annotations
 
@@ -42,6 +44,27 @@ predictions = sa.Table(
 """The table, the same on SQLite and Postgres (double precision for every real number;
 ``embedding``: the (C,) float32 embedding of `ml.embedding`, little-endian bytes, NULL for a
 model without one)."""
+
+SHADOW_TABLE = "shadow_predictions"
+shadow_predictions = sa.Table(
+    SHADOW_TABLE, metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("route", sa.String(64), nullable=False),
+    sa.Column("champion_version", sa.Integer, nullable=False),
+    sa.Column("challenger_version", sa.Integer, nullable=False),
+    sa.Column("champion_emotion", sa.String(32)),  # the answer's best face; NULL: no face
+    sa.Column("champion_confidence", sa.Double),
+    sa.Column("challenger_emotion", sa.String(32)),
+    sa.Column("challenger_confidence", sa.Double),
+    sa.Column("champion_faces", sa.Integer, nullable=False),
+    sa.Column("challenger_faces", sa.Integer, nullable=False),
+    sa.Column("challenger_answer", sa.Text, nullable=False),  # JSON: every face it found
+    sa.Column("dropped_before", sa.Integer, nullable=False),
+)  # fmt: skip
+"""One row per image scored in shadow: both models' best face (emotion, confidence), their face
+counts and the challenger's whole answer. ``dropped_before``: the requests this worker sampled
+for shadow scoring but dropped (its queue was full) since its previous row."""
 
 EMBEDDING_DTYPE = "<f4"
 

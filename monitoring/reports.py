@@ -189,7 +189,8 @@ _PAGE = """<!DOCTYPE html>
 <body>
 <h1>emoflow reports</h1>
 <p class="meta">{count} report(s), newest first. Page written {generated}.
-<a href="history.html">Promotion history</a> (every move of the champion).</p>
+<a href="history.html">Promotion history</a> (every move of the champion).
+<a href="shadow.html">Shadow scoring</a> (the challenger vs the champion on live traffic).</p>
 {sections}
 </body>
 </html>

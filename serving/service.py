@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import gc
 import hmac
+import logging
 import os
 import threading
 import time
@@ -44,12 +45,13 @@ from pathlib import Path
 import bentoml
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from ml.config import Settings
 from monitoring.face_store import FaceStore
 from monitoring.prediction_log import PredictionLog
+from monitoring.shadow_report import shadow_report_page
 from serving.batching import Batcher
 from serving.champion import ChampionFollower
 from serving.faces import FaceCrops, FaceDetector, prepare_crops, read_emotions, use_face_detector
@@ -65,8 +67,12 @@ from serving.requests import (
     read_files,
     static_file,
 )
+from serving.shadow import ShadowScorer
+
+logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
+SHADOW_POLL_SECONDS = 30.0  # how often shadow scoring looks at the challenger without a poll
 IMAGE_FIELD, BATCH_FIELD = "image", "images"
 MAX_BATCH = 32
 # BentoML writes an access-log line and opens a trace span for every request, which costs the
@@ -135,6 +141,8 @@ class EmotionWorker:
         self.prediction_log = PredictionLog(settings.prediction_log, images=images)
         self.face_detector: FaceDetector | None = None  # loaded on first use (`faces_of`)
         self.face_detector_lock = threading.Lock()
+        # The alias challenger, answering a sampled share of requests unseen (serving/shadow.py).
+        self.shadow = ShadowScorer(settings)
 
     @property
     def served(self) -> ServedModel | None:
@@ -149,15 +157,32 @@ class EmotionWorker:
         self.tasks.append(asyncio.create_task(self.champion.watch()))
         if self.settings.serve_poll_seconds > 0:
             self.tasks.append(asyncio.create_task(self.champion.poll()))
+        if self.shadow.enabled:  # ready once the challenger is loaded too (or failed to)
+            await self._follow_challenger()
+            self.tasks.append(asyncio.create_task(self._poll_challenger()))
         # What is loaded by now lives as long as the process: leave it out of the collector's
         # full passes, which would otherwise stall requests for tens of milliseconds.
         gc.freeze()
+
+    async def _follow_challenger(self) -> None:
+        """Shadow scoring follows the alias challenger (serving/shadow.py)."""
+        served = self.served
+        try:
+            await asyncio.to_thread(self.shadow.follow, served.ref.version if served else None)
+        except Exception:  # logged; shadow scoring goes on with what it has
+            logger.exception("could not follow the challenger for shadow scoring")
+
+    async def _poll_challenger(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.serve_poll_seconds or SHADOW_POLL_SECONDS)
+            await self._follow_challenger()
 
     @bentoml.on_shutdown
     async def _stop(self) -> None:
         for task in self.tasks:
             task.cancel()
         await asyncio.to_thread(self.batcher.close)
+        await asyncio.to_thread(self.shadow.close)
         # every record queued so far is written before the process exits
         await asyncio.to_thread(self.prediction_log.close)
 
@@ -217,6 +242,7 @@ class EmotionWorker:
                 answers.append(answer(served, image, faces))
                 embedding = detector.embedding(rows)  # (C,) float32, or None
                 self.prediction_log.record(image, answers[-1], route, embedding)  # queued
+                self.shadow.offer(served, image, item, answers[-1], route)  # sampled, queued
             return answers
 
         return await asyncio.to_thread(finish)
@@ -292,6 +318,13 @@ async def reload(request: Request) -> JSONResponse:
     except Exception as exc:
         raise ApiError(502, "reload failed", service.champion.load_error or str(exc)) from None
     return JSONResponse({**result, "seconds": round(time.perf_counter() - start, 3)})
+
+
+@app.get("/reports/shadow.html")
+async def shadow_report() -> HTMLResponse:
+    """Champion and challenger compared on the images scored in shadow (the shadow log)."""
+    uri = served_by().settings.prediction_log
+    return HTMLResponse(await asyncio.to_thread(shadow_report_page, uri))
 
 
 @app.get("/reports/{path:path}")

@@ -327,3 +327,40 @@ def test_a_log_made_before_embeddings_gets_the_column(tmp_path: Path) -> None:
     assert_logged(frame, [first, second])
     assert frame["embedding"].iloc[0] is None
     np.testing.assert_array_equal(frame["embedding"].iloc[1], np.arange(8, dtype=np.float32))
+
+
+def test_the_shadow_summary_gives_agreement_per_class_and_drops(log_uri: str) -> None:
+    """The shadow log (`shadow_predictions`, beside the predictions) summed per version pair and
+    per class the champion answered; nothing logged gives an empty summary and page."""
+    from datetime import UTC, datetime
+
+    from monitoring.prediction_table import engine_for, metadata, shadow_predictions
+    from monitoring.shadow_report import shadow_report_page, shadow_summary
+
+    if log_uri.startswith("sqlite"):
+        Path(log_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True)
+    assert shadow_summary(log_uri) == []
+    assert "Nothing scored in shadow yet" in shadow_report_page(log_uri)
+    answers = [("happy", "happy", 0.9, 0.8, 0), ("happy", "sad", 0.7, 0.6, 3),
+               ("sad", "sad", 0.5, 0.4, 0), (None, None, None, None, 1)]  # fmt: skip
+    rows = [
+        {"created_at": datetime.now(UTC), "route": "/predict", "champion_version": 1,
+         "challenger_version": 2, "champion_emotion": a, "challenger_emotion": b,
+         "champion_confidence": ca, "challenger_confidence": cb, "champion_faces": int(a is not None),
+         "challenger_faces": int(b is not None), "challenger_answer": "[]", "dropped_before": d}
+        for a, b, ca, cb, d in answers
+    ]  # fmt: skip
+    engine = engine_for(log_uri)
+    with engine.begin() as connection:
+        metadata.create_all(connection, tables=[shadow_predictions])
+        connection.execute(shadow_predictions.insert(), rows)
+    engine.dispose()
+    (pair,) = shadow_summary(log_uri)
+    assert (pair["champion_version"], pair["challenger_version"]) == (1, 2)
+    assert (pair["images"], pair["agreement"], pair["dropped"]) == (4, 0.75, 4)
+    happy = next(c for c in pair["classes"] if c["emotion"] == "happy")
+    assert happy["images"] == 2 and happy["agreement"] == 0.5
+    assert happy["champion_confidence"] == pytest.approx(0.8)
+    assert happy["challenger_confidence"] == pytest.approx(0.7)
+    page = shadow_report_page(log_uri)
+    assert "champion v1 vs challenger v2" in page and "agreed on <b>75%</b>" in page
