@@ -11,6 +11,12 @@ part of the library and returns one record. Airflow tasks go through `call`, whi
 XCom dicts into records and the record back into a dict; the CLI and tests call the steps
 directly.
 
+Only identifiers travel between the steps (a data revision and its digest, an MLflow run id, a
+model version); the paths in the records are information, never read by another step, as each
+task may run on another worker. A step that needs files fetches them itself: the revision from
+the data registry and its DVC remote into its own workspace (`_pulled_here`), the challenger's
+files from MLflow.
+
 Heavy libraries (ultralytics, MLflow, GX, Evidently) are imported inside the steps, so the
 DAG files stay cheap to parse.
 """
@@ -42,6 +48,7 @@ from ml.records import (
     TrainResult,
     ValidationResult,
 )
+from ml.safe_weights import UnsafeWeights
 
 log = logging.getLogger("emoflow.steps")
 
@@ -78,6 +85,7 @@ def validate(
     from ml import validate as validation
 
     settings, params = _resolve(settings, params)
+    dataset = _pulled_here(dataset, settings)
     names = [revision.name for revision in data_registry.revisions(settings)]
     position = names.index(dataset.revision) if dataset.revision in names else 0
     previous = data_registry.pull(settings, names[position - 1]) if position > 0 else None
@@ -95,6 +103,7 @@ def train(
     from ml import train as training
 
     settings, params = _resolve(settings, params, overrides)
+    dataset = _pulled_here(dataset, settings)
     return training.train(params.train, dataset, settings.runs_dir, settings, lineage_tags(params))
 
 
@@ -120,16 +129,19 @@ def gate(
     params: Params | None = None,
 ) -> GateResult:
     """Challenger against champion on one test split: the new revision's, or the frozen
-    `gate.test_revision`."""
+    `gate.test_revision`. The challenger's weights and ONNX export come from MLflow (its
+    version), not from `trained`'s paths, which are the training worker's."""
     from ml import gate as gating
 
     settings, params = _resolve(settings, params, overrides)
     frozen = params.gate.test_revision
-    test_set = data_registry.pull(settings, frozen) if frozen else dataset
+    test_set = data_registry.pull(settings, frozen) if frozen else _pulled_here(dataset, settings)
     out_dir = settings.runs_dir / "gate" / f"v{model.version}"
+    weights = registry.download_weights(settings, model, out_dir / "challenger")
+    onnx = registry.download_onnx(settings, model, out_dir / "challenger-onnx")
     return gating.gate(
-        model, trained.weights, test_set, trained.imgsz, params.gate, settings, out_dir,
-        challenger_onnx=trained.onnx,
+        model, weights, test_set, trained.imgsz, params.gate, settings, out_dir,
+        challenger_onnx=onnx,
     )  # fmt: skip
 
 
@@ -141,7 +153,9 @@ def drift(
 
     settings, params = _resolve(settings, params)
     reference = champion_dataset(settings)
-    return check_drift(dataset, reference, params.drift, settings.reports_dir)
+    return check_drift(
+        _pulled_here(dataset, settings), reference, params.drift, settings.reports_dir
+    )
 
 
 def promote(
@@ -356,6 +370,18 @@ def export(
 # ---------------------------------------------------------------------------- helpers
 
 
+def _pulled_here(dataset: DatasetRef, settings: Settings) -> DatasetRef:
+    """The revision `dataset` names, pulled by its name into this worker's own workspace (the
+    record's path may be another worker's); its digest must be the one the run pulled."""
+    here = data_registry.pull(settings, dataset.revision)
+    if here.digest != dataset.digest:
+        raise data_registry.DataRegistryError(
+            f"data revision {dataset.revision}: the registry now gives digest {here.digest}, but "
+            f"this run pulled {dataset.digest} (the tag was moved); start a new run"
+        )
+    return here
+
+
 def champion_dataset(settings: Settings, champion: ModelRef | None = None) -> DatasetRef | None:
     """The data revision `champion` (default: the current champion) was trained on (the drift
     reference), if there is a champion."""
@@ -420,10 +446,11 @@ def run_with_xcom(step, *args: object):
         records.append(kind.model_validate(value) if kind and value is not None else value)
     try:
         result = step(*records)
-    except registry.PromotionConflict as exc:
+    except (registry.PromotionConflict, UnsafeWeights) as exc:
         from airflow.sdk.exceptions import AirflowFailException
 
-        raise AirflowFailException(str(exc)) from exc  # a retry would meet the same champion
+        # a retry would meet the same champion, or the same refused file
+        raise AirflowFailException(str(exc)) from exc
     except Exception as exc:
         if (fault := registry.unreachable(exc)) is not None:
             raise fault from exc  # a clear line in the task log; Airflow retries the task

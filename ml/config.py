@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     mlflow_artifacts_destination: str | None = None
     model_name: str = "emotion-detector"
     data_repo: str | None = None
+    data_git_remote: str | None = Field(
+        None,
+        description="Git URL of the data registry's remote (a bare repository every worker "
+        "clones, fetches revisions from and pushes new ones to); None = the local registry alone.",
+    )
     dvc_remote_url: str | None = None
     serve_host: str = "127.0.0.1"
     serve_port: int = 3000
@@ -70,6 +75,14 @@ class Settings(BaseSettings):
         50_000_000, ge=1,
         description="Most decoded pixels (width x height, all images together) of one request.",
     )  # fmt: skip
+    serve_shadow_share: float = Field(
+        0.0, ge=0, le=1,
+        description="Share of requests the alias challenger also answers in shadow (logged "
+        "beside the champion's answer, never returned); 0 = no shadow scoring.",
+    )  # fmt: skip
+    serve_shadow_queue: int = Field(
+        64, ge=1, description="Images waiting for shadow scoring, at most; more are dropped."
+    )
     max_upload_bytes: int = Field(
         10 * 1024 * 1024, ge=1, description="Largest request body the service reads (bytes)."
     )

@@ -13,6 +13,12 @@ dataset folder. Pulling a revision copies exactly those files into a workspace f
 
 Revisions are written by `ml.data_batches` (a batch in, a batch or files out), all or nothing
 under one lock (`ml.data_writes`); this module reads them and creates the registry.
+
+With a git remote (`Settings.data_git_remote`, e.g. a bare repository) each worker has its own
+clone: `init` clones the remote (or creates the registry and pushes it there), the first read
+on a worker clones it, and reads fetch its tags first (at most every `FETCH_EVERY_SECONDS` in a
+process, so once per step); writes push (`ml.data_writes`). The data itself comes from the DVC
+remote, so workers share nothing but the two remotes.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -33,6 +40,8 @@ from ml.records import DatasetRef
 
 DATASET = "data/emotions"
 META = f"{DATASET}.meta.yaml"
+FETCH_EVERY_SECONDS = 5.0
+_fetched: dict[str, float] = {}  # registry path -> when this process last fetched its remote
 
 
 class DataRegistryError(RuntimeError):
@@ -86,15 +95,70 @@ def dvc_repo(path: Path):
     return Repo(str(path))
 
 
-def init(settings: Settings) -> Path:
-    """Create the registry repository and its default DVC remote; no-op when it exists."""
+def _is_path(url: str) -> bool:
+    """A git remote named by a local path (not ssh://, https://, file:// or host:path)."""
+    return "://" not in url and ":" not in url
+
+
+def _clone(url: str, repo_path: Path) -> None:
+    """Clone the registry's git remote to `repo_path` (through a temporary name, so a process
+    cloning beside this one finds either nothing or a whole clone)."""
+    repo_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{repo_path.name}-", dir=repo_path.parent))
+    try:
+        _git(tmp, "clone", "--quiet", str(Path(url).absolute()) if _is_path(url) else url, "clone")
+        try:
+            os.rename(tmp / "clone", repo_path)
+        except OSError:
+            if not (repo_path / ".git").is_dir():
+                raise
+    except DataRegistryError as exc:
+        raise DataRegistryError(
+            f"the data registry's git remote {url}: {' '.join(str(exc).split())}"
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    data_writes.exclude_work_folders(repo_path)
+
+
+def _local(settings: Settings) -> Path:
+    """The local registry, its tags fresh from the git remote where one is set (cloned on the
+    first read of a worker; fetched at most every FETCH_EVERY_SECONDS)."""
     repo_path = Path(settings.registry_repo)
+    remote = settings.data_git_remote
+    if remote is None:
+        return repo_path
+    last = _fetched.get(str(repo_path))
+    if not (repo_path / ".git").is_dir():
+        _clone(remote, repo_path)
+    elif last is None or time.monotonic() - last >= FETCH_EVERY_SECONDS:
+        try:
+            data_writes.sync(repo_path)
+        except data_writes.DataWriteError as exc:
+            raise DataRegistryError(str(exc)) from None
+    _fetched[str(repo_path)] = time.monotonic()
+    return repo_path
+
+
+def init(settings: Settings) -> Path:
+    """Create the registry repository and its default DVC remote; no-op when it exists. With a
+    git remote: clone it, or, if it holds no registry yet, create the registry and push it there
+    (a remote that is a local path, absent or an empty folder, is made a bare repository first)."""
+    repo_path = Path(settings.registry_repo)
+    remote = settings.data_git_remote
+    if remote and not (repo_path / ".git").is_dir():
+        bare = Path(remote)
+        if _is_path(remote) and not any(bare.glob("*")):
+            bare.mkdir(parents=True, exist_ok=True)  # absent, or an empty volume
+            _git(bare, "init", "--quiet", "--bare", "--initial-branch", "main")
+        _clone(remote, repo_path)  # an empty remote clones to an empty repository
     if (repo_path / ".dvc").is_dir():
         return repo_path
     from dvc.repo import Repo
 
     repo_path.mkdir(parents=True, exist_ok=True)
-    _git(repo_path, "init", "--quiet", "--initial-branch", "main")
+    if not (repo_path / ".git").is_dir():
+        _git(repo_path, "init", "--quiet", "--initial-branch", "main")
     repo = Repo.init(str(repo_path))
     with repo.config.edit() as conf:
         conf["core"]["analytics"] = False
@@ -106,6 +170,8 @@ def init(settings: Settings) -> Path:
     data_writes.exclude_work_folders(repo_path)
     _git(repo_path, "add", "-A")
     _git(repo_path, "commit", "--quiet", "-m", "Create the emoflow data registry")
+    if remote:
+        _git(repo_path, "push", "--quiet", "--set-upstream", data_writes.REMOTE, "main")
     return repo_path
 
 
@@ -119,7 +185,7 @@ def _digest(pointer_text: str, where: str) -> str:
 
 def revision(settings: Settings, name: str = "latest") -> Revision:
     """Resolve a revision name (a tag, or `latest`) to its commit and content digest."""
-    repo_path = Path(settings.registry_repo)
+    repo_path = _local(settings)
     if not (repo_path / ".dvc").is_dir():
         raise DataRegistryError(f"{repo_path}: no data registry here; run `emoflow data init`")
     if name == "latest":
@@ -168,7 +234,7 @@ def revision_tags(repo_path: Path) -> list[str]:
 
 
 def revisions(settings: Settings) -> list[Revision]:
-    repo_path = Path(settings.registry_repo)
+    repo_path = _local(settings)
     if not (repo_path / ".dvc").is_dir():
         return []
     return [revision(settings, tag) for tag in revision_tags(repo_path)]

@@ -9,6 +9,12 @@ the tag it makes) says how far a write got: if its tag exists the write finished
 cleaning up is left; otherwise git is reset to the commit before and the previous dataset
 folder is put back. So an error, a full disk or a killed process leaves the registry as it
 was, and the batch can simply be added again.
+
+A registry with a git remote (``origin``: `Settings.data_git_remote`, which every worker clones)
+is first made the remote's copy (:func:`sync`, under the lock), and a write ends by pushing
+``main`` and its tag in one atomic push (:func:`publish`). A push that fails (the remote is
+unreachable, or another clone recorded that revision first) undoes the local commit and tag:
+a revision exists only once the remote has it.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ JOURNAL = ".git/emoflow-write.json"
 STAGING = ".emoflow-staging"  # the dataset being built (excluded from git)
 PREVIOUS = ".emoflow-previous"  # the dataset folder before the swap, until the write is done
 LOCK_WAIT_SECONDS = 600.0
+REMOTE = "origin"  # the registry's git remote, where `Settings.data_git_remote` names one
+MIRRORED = ("+refs/heads/main:refs/remotes/origin/main", "+refs/tags/*:refs/tags/*")
 
 
 class DataWriteError(RuntimeError):
@@ -43,6 +51,52 @@ def git(repo: Path, *args: str) -> str:
     if result.returncode != 0:
         raise DataWriteError(f"git {' '.join(args)} in {repo}: {result.stderr.strip()}")
     return result.stdout.strip()
+
+
+def remote_url(repo: Path) -> str | None:
+    """The URL of the registry's git remote; None for a registry without one."""
+    try:
+        return git(repo, "remote", "get-url", REMOTE)
+    except DataWriteError:
+        return None
+
+
+def sync(repo: Path, *, reset: bool = False) -> None:
+    """Fetch the git remote's `main` and tags (the revisions; a local tag the remote lacks, left
+    by a write killed before its push, goes); with `reset`, also move the local `main` there.
+    No-op for a registry without a remote."""
+    url = remote_url(repo)
+    if url is None:
+        return
+    try:
+        git(repo, "fetch", "--quiet", "--prune", "--no-write-fetch-head", REMOTE, *MIRRORED)
+    except DataWriteError as exc:
+        raise DataWriteError(
+            f"the data registry's git remote {url} could not be fetched from ({_one_line(exc)})"
+        ) from None
+    if reset:
+        git(repo, "reset", "--quiet", "--hard", f"refs/remotes/{REMOTE}/main")
+
+
+def publish(repo: Path, tag: str) -> None:
+    """Push `main` and `tag` to the git remote in one atomic push; if it fails, delete the
+    local tag (the caller's recovery then undoes the commit) and raise DataWriteError."""
+    url = remote_url(repo)
+    if url is None:
+        return
+    try:
+        git(repo, "push", "--quiet", "--atomic", REMOTE, "HEAD:refs/heads/main", f"refs/tags/{tag}")
+    except DataWriteError as exc:
+        git(repo, "tag", "--delete", tag)
+        raise DataWriteError(
+            f"{tag}: the data registry's git remote {url} refused or missed the push, so nothing "
+            f"was recorded (another writer may have recorded {tag} first: try again): "
+            f"{_one_line(exc)}"
+        ) from None
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 def exclude_work_folders(repo: Path) -> None:
@@ -75,6 +129,7 @@ def locked(repo: Path, wait_seconds: float = LOCK_WAIT_SECONDS) -> Iterator[None
                 time.sleep(0.2)
         try:
             recover(repo)
+            sync(repo, reset=True)
             yield
         finally:
             shutil.rmtree(repo / STAGING, ignore_errors=True)
@@ -113,14 +168,15 @@ def record(
     files: dict[str, str],
 ) -> None:
     """Swap the staging folder in as `dataset`, `store` it (DVC add and push), write `files`
-    (path -> text), commit them with the pointer and tag the commit `tag` — or, on any error,
-    put everything back as it was and raise DataWriteError."""
+    (path -> text), commit them with the pointer, tag the commit `tag` and push both to the git
+    remote, if any — or, on any error, put everything back as it was and raise."""
     journal = repo / JOURNAL
     head = git(repo, "rev-parse", "HEAD")
     journal.write_text(json.dumps({"head": head, "tag": tag, "dataset": dataset}))
     try:
         if (repo / dataset).exists():
             os.replace(repo / dataset, repo / PREVIOUS)
+        (repo / dataset).parent.mkdir(exist_ok=True)  # git keeps no empty folder: a fresh clone
         os.replace(repo / STAGING, repo / dataset)
         store(repo / dataset)
         for path, text in files.items():
@@ -128,6 +184,7 @@ def record(
         git(repo, "add", f"{dataset}.dvc", *files, str(Path(dataset).parent / ".gitignore"))
         git(repo, "commit", "--quiet", "-m", message)
         git(repo, "tag", tag)
+        publish(repo, tag)
     except BaseException:  # the caller says what failed (a full disk is an OSError there)
         recover(repo)
         raise

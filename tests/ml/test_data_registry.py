@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ml import data_batches, data_registry
+from ml import data_batches, data_registry, data_writes
 from ml.data_registry import DataRegistryError
 from ml.dataset_format import write_data_yaml
 
@@ -145,3 +145,117 @@ def test_an_s3_remote_pushes_and_pulls_revisions_over_http(
     assert files(pulled.path).items() >= files(tmp_path / "a").items()
     distinct = {hashlib.md5(content).digest() for content in files(pulled.path).values()}
     assert stored == len(distinct) + 1  # content-addressed files, plus the folder's .dir listing
+
+
+# ---------------------------------------------------------------- a git remote, a clone per worker
+
+
+@pytest.fixture
+def two_workers(tmp_path: Path, make_settings, monkeypatch):
+    """Two workers' settings: each its own home (registry clone, workspaces, DVC cache), the
+    same git remote (a bare repository, made by the first `init`) and the same DVC remote."""
+    monkeypatch.setattr(data_registry, "FETCH_EVERY_SECONDS", 0.0)  # every read fetches
+    shared = {"data_git_remote": str(tmp_path / "registry.git"),
+              "dvc_remote_url": str(tmp_path / "dvc-remote")}  # fmt: skip
+    return tuple(make_settings(tmp_path / name, **shared) for name in ("cpu", "gpu"))
+
+
+def remote_tags(settings) -> list[str]:
+    return data_writes.git(Path(settings.data_git_remote), "tag", "--list").split()
+
+
+def test_workers_clone_the_registry_and_read_and_write_only_through_its_remotes(
+    two_workers, tmp_path: Path
+):
+    cpu, gpu = two_workers
+    data_registry.init(cpu.model_copy(update={"home": tmp_path / "init"}))  # as airflow-init
+    first = data_batches.add_batch(cpu, write_batch(tmp_path / "a", "a"), "batch a")  # a clone
+    assert remote_tags(cpu) == ["r1"]
+    assert not Path(gpu.registry_repo).exists()  # nothing of the other worker's is read
+
+    seen = data_registry.pull(gpu, "r1")  # the first read clones; the data comes from DVC
+    assert (seen.digest, seen.commit) == (first.digest, first.commit)
+    assert str(seen.path).startswith(str(gpu.home))
+    assert files(seen.path).items() >= files(tmp_path / "a").items()
+
+    second = data_batches.add_batch(gpu, write_batch(tmp_path / "b", "b"), "batch b")
+    assert second.name == "r2" and remote_tags(cpu) == ["r1", "r2"]
+    assert [r.name for r in data_registry.revisions(cpu)] == ["r1", "r2"]  # fetched
+    third = data_batches.add_batch(cpu, write_batch(tmp_path / "c", "c"), "batch c")
+    assert third.name == "r3"  # the write started from the remote's main, not its own
+    assert data_registry.revision(gpu, "latest").digest == third.digest
+
+
+def test_a_push_the_remote_refuses_leaves_no_revision_anywhere(two_workers, tmp_path: Path):
+    cpu, gpu = two_workers
+    data_batches.add_batch(cpu, write_batch(tmp_path / "a", "a"), "batch a")
+    repo = Path(cpu.registry_repo)
+    head = data_writes.git(repo, "rev-parse", "HEAD")
+    hook = Path(cpu.data_git_remote) / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'refused by this test' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    with pytest.raises(DataRegistryError, match=r"r2: the data registry's git remote .* refused"):
+        data_batches.add_batch(cpu, write_batch(tmp_path / "b", "b"), "batch b")
+    assert remote_tags(cpu) == ["r1"]
+    assert data_writes.git(repo, "tag", "--list").split() == ["r1"]
+    assert data_writes.git(repo, "rev-parse", "HEAD") == head
+    assert data_writes.git(repo, "status", "--porcelain") == ""
+
+    hook.unlink()
+    assert data_batches.add_batch(cpu, write_batch(tmp_path / "b", "b"), "batch b").name == "r2"
+    assert [r.name for r in data_registry.revisions(gpu)] == ["r1", "r2"]
+
+
+def test_an_unreachable_git_remote_is_named(two_workers, tmp_path: Path):
+    cpu, gpu = two_workers
+    data_batches.add_batch(cpu, write_batch(tmp_path / "a", "a"), "batch a")
+    Path(cpu.data_git_remote).rename(tmp_path / "moved.git")
+    for reader in (cpu, gpu):  # a fetch, a clone
+        with pytest.raises(DataRegistryError, match=r"git remote .*registry\.git"):
+            data_registry.revisions(reader)
+
+
+KILLED_BEFORE_PUSH = r"""
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from ml import data_batches, data_writes
+from ml.config import Settings
+
+real_git = data_writes.git
+def git(repo, *args):
+    if args[0] == "push" and "--atomic" in args:
+        os.kill(os.getpid(), signal.SIGKILL)  # tagged here, never pushed
+    return real_git(repo, *args)
+data_writes.git = git
+data_batches.add_batch(Settings(), Path(sys.argv[2]), "killed")
+"""
+
+
+@pytest.mark.faults
+def test_a_revision_tagged_but_killed_before_its_push_is_dropped_by_the_next_write(
+    two_workers, tmp_path: Path
+):
+    import os
+    import subprocess
+    import sys
+
+    from emoflow.services import settings_env
+    from ml.config import PROJECT_ROOT
+
+    cpu, _ = two_workers
+    data_batches.add_batch(cpu, write_batch(tmp_path / "a", "a"), "batch a")
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_BEFORE_PUSH, str(PROJECT_ROOT),
+         str(write_batch(tmp_path / "b", "b"))],
+        env={**os.environ, **settings_env(cpu)}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    repo = Path(cpu.registry_repo)
+    assert data_writes.git(repo, "tag", "--list").split() == ["r1", "r2"]  # only here
+    assert remote_tags(cpu) == ["r1"]
+
+    again = data_batches.add_batch(cpu, write_batch(tmp_path / "c", "c"), "batch c")
+    assert again.name == "r2" and "batch c" in again.message
+    assert remote_tags(cpu) == ["r1", "r2"]
+    assert data_registry.revision(cpu, "r2").digest == again.digest
