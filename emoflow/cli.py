@@ -32,10 +32,16 @@ def _print_record(record) -> None:
 
 
 def _sample_batch(settings: Settings, args: argparse.Namespace, name: str) -> Path:
-    """Generate a sample batch (sizes from params.yaml unless given) under <home>/batches."""
+    """Generate a sample batch (sizes and class mix from params.yaml unless given) under
+    <home>/batches."""
+    from ml.params import class_weights
     from ml.sample_data import Shift, generate
 
     sizes = load_params(settings.params_file).sample
+    try:
+        weights = class_weights(args.class_mix or sizes.class_mix)
+    except ValueError as exc:
+        raise ValueError(f"--class-mix: {exc}") from None
     out = settings.home / "batches" / name
     if not (out / "data.yaml").exists():
         generate(
@@ -45,7 +51,7 @@ def _sample_batch(settings: Settings, args: argparse.Namespace, name: str) -> Pa
             test=args.test or sizes.test,
             seed=args.seed if args.seed is not None else sizes.seed,
             shift=Shift(brightness=args.brightness, contrast=args.contrast,
-                        face_scale=args.face_scale),
+                        face_scale=args.face_scale, class_weights=weights),
             prefix="s",
         )  # fmt: skip
     return out
@@ -64,6 +70,7 @@ def _batch_source(args: argparse.Namespace, settings: Settings) -> tuple[Path, s
     note = args.note or (
         f"sample batch seed={seed} brightness={args.brightness} "
         f"contrast={args.contrast} face_scale={args.face_scale}"
+        + (f" class_mix={args.class_mix}" if args.class_mix else "")
     )
     return _sample_batch(settings, args, f"sample-{seed}"), note
 
@@ -277,6 +284,17 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> None:
             print(f"{stamp}: v{version} of '{settings.model_name}' was champion")
     elif args.model_command in ("approve", "reject"):
         print(answer_approval(settings, args.model_command == "approve", args.run, args.reason))
+    elif args.model_command == "lineage":
+        from ml.lineage import chain
+
+        champion = registry.version_by_alias(settings, registry.CHAMPION)
+        if args.version is None and champion is None:
+            raise LookupError(f"model '{settings.model_name}' has no champion; name a VERSION")
+        for link in chain(settings, args.version or champion.version):
+            start_from = f"weights of v{link.parent}" if link.init == "champion" else "scratch"
+            since = f" since v{link.parent}'s revision" if link.data == "replay" else ""
+            print(f"v{link.version:<4} {link.data_revision:6} from {start_from}, "
+                  f"{link.data} data{since}  run {link.run_id}")  # fmt: skip
     elif args.model_command == "reproduce":
         from ml.train import reproduce
 
@@ -380,6 +398,11 @@ def _add_sample_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--brightness", type=float, default=0.0, help="sample shift: brightness")
     parser.add_argument("--contrast", type=float, default=1.0, help="sample shift: contrast")
     parser.add_argument("--face-scale", type=float, default=1.0, help="sample shift: face size")
+    parser.add_argument(
+        "--class-mix",
+        help="sample class mix: uniform, affectnet (its skew) or weights like happy=5,contempt=0.2"
+        " (default: params sample.class_mix)",
+    )  # fmt: skip
 
 
 def _add_force_option(parser: argparse.ArgumentParser) -> None:
@@ -453,6 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
         answer.add_argument("--run", help="the DAG run id, where more than one waits")
         answer.add_argument("--reason", default="", help="why (recorded in the history)")
+    lineage = model_sub.add_parser(
+        "lineage", help="VERSION (default: the champion) and the versions it was built on"
+    )
+    lineage.add_argument("version", type=int, nargs="?")
     reproduce = model_sub.add_parser(
         "reproduce", help="retrain VERSION from its recorded revision, params and seed"
     )

@@ -1,4 +1,4 @@
-"""Lineage: which code and which params produced a model."""
+"""Lineage: which code and which params produced a model, and which model it was built on."""
 
 from __future__ import annotations
 
@@ -6,10 +6,14 @@ import hashlib
 import os
 import subprocess
 
-from ml.config import PROJECT_ROOT
+from pydantic import BaseModel
+
+from ml.config import PROJECT_ROOT, Settings
 from ml.params import Params
 
 UNKNOWN = "unknown"
+PARENT_TAG, PARENT_RUN_TAG = "parent_version", "parent_run"
+"""Run tags of a warm start or replay: the version (and its run) it was built on."""
 BUILD_COMMIT_VARIABLE = "EMOFLOW_GIT_COMMIT"
 """Set by the image build (`docker compose build` passes GIT_COMMIT, see Dockerfile), where the
 code has no .git folder to ask."""
@@ -37,3 +41,36 @@ def code_commit() -> str:
 
 def lineage_tags(params: Params) -> dict[str, str]:
     return {"git_commit": code_commit(), "params_digest": params.digest}
+
+
+class Link(BaseModel):
+    """One model version in a lineage chain: what its run trained on and from."""
+
+    version: int
+    run_id: str
+    data_revision: str
+    init: str  # what the run started from: champion (the parent's weights) or scratch
+    data: str  # what it trained on: cumulative or replay (since the parent's revision)
+    parent: int | None  # the version it was built on
+
+
+def chain(settings: Settings, version: int) -> list[Link]:
+    """`version`, the version it was built on, that one's, ..., newest first; the last one
+    was built on nothing (trained from scratch on the cumulative data)."""
+    from ml import registry
+
+    client = registry.client(settings)
+    links: list[Link] = []
+    following: int | None = version
+    while following is not None and all(link.version != following for link in links):
+        run_id = client.get_model_version(settings.model_name, str(following)).run_id
+        run = client.get_run(run_id)
+        tags, params = run.data.tags, run.data.params
+        parent = int(tags[PARENT_TAG]) if tags.get(PARENT_TAG, "").isdigit() else None
+        links.append(Link(
+            version=following, run_id=run_id, data_revision=tags.get("data_revision", UNKNOWN),
+            init=params.get("init_used", "scratch"), data=params.get("data_used", "cumulative"),
+            parent=parent,
+        ))  # fmt: skip
+        following = parent
+    return links

@@ -21,13 +21,60 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+AFFECTNET_COUNTS = {
+    "anger": 24882, "contempt": 3750, "disgust": 3803, "fear": 6378,
+    "happy": 134415, "neutral": 74874, "sad": 25459, "surprise": 14090,
+}  # fmt: skip
+"""Images per emotion in AffectNet's manually annotated training set (Mollahosseini et al.,
+2017): the `affectnet` class mix of the sample generator."""
+
+
+def class_weights(mix: str) -> list[float] | None:
+    """Relative weights per emotion (EMOTIONS order) of a class mix: 'uniform' (None),
+    'affectnet', or 'name=weight,...' with unnamed emotions at 1. ValueError says what is wrong."""
+    from ml.config import EMOTIONS
+
+    if mix == "uniform":
+        return None
+    if mix == "affectnet":
+        return [float(AFFECTNET_COUNTS[name]) for name in EMOTIONS]
+    weights = dict.fromkeys(EMOTIONS, 1.0)
+    for part in filter(None, (p.strip() for p in mix.split(","))):
+        name, _, value = part.partition("=")
+        if name.strip() not in weights:
+            raise ValueError(
+                f"class mix {mix!r}: {name.strip()!r} is not an emotion ({', '.join(EMOTIONS)})"
+            )
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"class mix {mix!r}: {part!r} needs a number, as in happy=5") from None
+        if not 0 <= weights[name.strip()] < float("inf"):
+            raise ValueError(f"class mix {mix!r}: {part!r}: a weight is a finite number >= 0")
+    if not any(weights.values()):
+        raise ValueError(f"class mix {mix!r}: at least one emotion needs a weight above 0")
+    return list(weights.values())
+
+
 class SampleParams(_Section):
-    """Size of the bundled sample dataset (images per split)."""
+    """Size and class mix of the bundled sample dataset (images per split)."""
 
     seed: int = 0
     train: int = Field(2400, ge=1)
     valid: int = Field(400, ge=1)
     test: int = Field(400, ge=1)
+    class_mix: str = Field(
+        "uniform",
+        description="How often each emotion is drawn: 'uniform', 'affectnet' (AffectNet's "
+        "skew: happy and neutral dominate, contempt and disgust are rare), or relative weights "
+        "'happy=5,neutral=3,contempt=0.2' (emotions not named weigh 1).",
+    )
+
+    @field_validator("class_mix")
+    @classmethod
+    def _known_mix(cls, value: str) -> str:
+        class_weights(value)
+        return value
 
 
 ImageFormat = Literal["BMP", "JPEG", "MPO", "PNG", "TIFF", "WEBP"]
@@ -115,6 +162,47 @@ class TrainParams(_Section):
     seed: int = 0
     device: str = Field("auto", description="'auto' = CUDA when present, else 'cpu'.")
     workers: int = Field(2, ge=0)
+    init: Literal["scratch", "champion"] = Field(
+        "scratch",
+        description="scratch: start from `model`; champion: from the current champion's weights "
+        "(its architecture and image size, `model` and `imgsz` unused) with the finetune_* "
+        "schedule. No champion yet: scratch.",
+    )
+    data: Literal["cumulative", "replay"] = Field(
+        "cumulative",
+        description="cumulative: every train image of the revision; replay: the images added "
+        "since the champion's revision plus a class-balanced sample of the earlier ones "
+        "(`replay_size`). Validation and the gate use the full splits either way. No champion "
+        "yet: cumulative.",
+    )
+    replay_size: Annotated[int, Field(ge=0)] | Annotated[float, Field(gt=0, lt=1)] = Field(
+        1000,
+        description="Earlier train images replayed: a count (1000), or a share of them (0.25).",
+    )
+    balance: Literal["none", "sample"] = Field(
+        "none",
+        description="sample: list each rare-class train image more often, up to as often as "
+        "the largest class's images (at most `balance_max_repeat` times); none: each once.",
+    )
+    balance_max_repeat: float = Field(
+        4.0, ge=1, description="Most times one image is listed when balancing."
+    )
+    finetune_optimizer: Literal["SGD", "Adam", "AdamW", "NAdam", "RAdam", "RMSProp"] = Field(
+        "AdamW", description="Optimizer of a warm start (scratch runs use ultralytics' auto)."
+    )
+    finetune_lr0: float = Field(
+        0.0002,
+        gt=0,
+        le=1,
+        description="Initial learning rate of a warm start (a quarter of what ultralytics' auto "
+        "picks for 8 classes from scratch, 0.00083).",
+    )
+    finetune_lrf: float = Field(
+        0.1, gt=0, le=1, description="Final learning rate of a warm start, as a share of lr0."
+    )
+    finetune_warmup_epochs: float = Field(
+        1.0, ge=0, description="Warm-up epochs of a warm start (learning rate ramps from 0)."
+    )
 
 
 class GateParams(_Section):

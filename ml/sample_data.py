@@ -20,6 +20,10 @@ works from any working directory and keeps working after it is moved or pulled e
 Output is deterministic: each image draws from its own random generator seeded by
 ``(seed, split, index)``, so the same arguments give byte-identical files, and a batch made
 with another ``shift`` (drift) shows the same faces under other conditions.
+
+The class mix is `Shift.class_weights`: uniform by default; ``ml.params.class_weights("affectnet")``
+gives AffectNet's skew (happy and neutral dominate, contempt and disgust are rare), as
+``sample.class_mix`` and ``emoflow data add-batch --sample --class-mix`` do.
 """
 
 from __future__ import annotations

@@ -12,6 +12,13 @@ A training whose process died (killed, out of memory, a lost worker) leaves its 
 The next attempt with the same identity (the Airflow task's retry, or the same command again on
 that host) finds it by its owner tag and resumes it from its last checkpoint, in the same run:
 one run, one model version, no epoch trained twice.
+
+Continual training (params `train.init`, `train.data`, `train.balance`): a warm start begins
+from the champion's weights, at its image size, with the fine-tuning schedule; replay trains on
+what came in since the champion's revision plus a class-balanced sample of the earlier images
+(`ml.replay`). The champion such a run builds on is its parent: tags `parent_version` and
+`parent_run` (part of the run's identity), so `ml.lineage.chain` walks the versions back. With
+no champion yet, the run trains from scratch on the cumulative data and says so.
 """
 
 from __future__ import annotations
@@ -24,12 +31,12 @@ import statistics
 import time
 from pathlib import Path
 
-from ml import registry, yolo
+from ml import data_registry, registry, replay, yolo
 from ml.config import PROJECT_ROOT, Settings, resolve_device
 from ml.energy import EnergyMeter
-from ml.lineage import UNKNOWN
+from ml.lineage import PARENT_RUN_TAG, PARENT_TAG, UNKNOWN
 from ml.params import TrainParams
-from ml.records import DatasetRef, ReproduceResult, TrainResult
+from ml.records import DatasetRef, ModelRef, ReproduceResult, TrainResult
 
 log = logging.getLogger("emoflow.train")
 EXPERIMENT = "emotion-detector"
@@ -147,6 +154,73 @@ def base_model(params: TrainParams) -> str:
     return str(path)
 
 
+def parent_of(params: TrainParams, settings: Settings) -> ModelRef | None:
+    """The champion a run with these params builds on (its weights for `init: champion`, its
+    revision for `data: replay`); None when the params need none, or there is no champion."""
+    if params.init == "scratch" and params.data == "cumulative":
+        return None
+    champion = registry.version_by_alias(settings, registry.CHAMPION)
+    if champion is None:
+        log.info(
+            "train.init %s, train.data %s: '%s' has no champion yet, so this run trains from "
+            "scratch on the cumulative data", params.init, params.data, settings.model_name,
+        )  # fmt: skip
+    return champion
+
+
+def _warm_start(settings: Settings, parent: ModelRef, out_dir: Path) -> tuple[str, int | None]:
+    """The parent's weights (checked by `ml.safe_weights` before anything loads them) and the
+    image size it was trained at."""
+    from ml.safe_weights import load_checkpoint
+
+    weights = registry.download_weights(
+        settings, parent, out_dir / "parents" / f"v{parent.version}"
+    )
+    load_checkpoint(weights)
+    return str(weights), registry.trained_imgsz(settings, parent)
+
+
+def _fine_tuning(params: TrainParams) -> dict:
+    """ultralytics train arguments of a warm start: a named optimizer (with `auto` it ignores
+    lr0), a low learning rate and a short warm-up whose bias rate starts at 0 (ultralytics'
+    default 0.1 would throw the trained biases off)."""
+    return dict(optimizer=params.finetune_optimizer, lr0=params.finetune_lr0,
+                lrf=params.finetune_lrf, warmup_epochs=params.finetune_warmup_epochs,
+                warmup_bias_lr=0.0)  # fmt: skip
+
+
+def _train_list(
+    params: TrainParams, dataset: DatasetRef, parent: ModelRef | None, settings: Settings,
+    run_dir: Path,
+) -> replay.TrainList:  # fmt: skip
+    """Inside the run: the replay and/or balanced training list, written under `run_dir` and
+    logged (its counts as params, class mix in data/train_list.json, names in
+    data/train_list.txt)."""
+    import mlflow
+
+    base = None
+    if parent is not None and params.data == "replay":
+        tags = registry.client(settings).get_run(parent.run_id).data.tags
+        if "data_revision" not in tags:
+            raise TrainingError(
+                f"replay: the champion v{parent.version} (run {parent.run_id}) has no "
+                "data_revision tag, so the images added since its revision are unknown"
+            )
+        base = data_registry.pull(settings, tags["data_revision"]).path
+    listing = replay.build(dataset.path, run_dir / "train-list", params, base)
+    mlflow.log_params({
+        "train_list_images": len(listing.images), "replay_new_images": listing.new,
+        "replay_earlier_images": listing.earlier, "balance_repeats": listing.repeats,
+    })  # fmt: skip
+    summary = listing.model_dump(mode="json", exclude={"data_yaml", "images"})
+    mlflow.log_dict(summary, "data/train_list.json")
+    mlflow.log_text("".join(f"{name}\n" for name in listing.images), "data/train_list.txt")
+    log.info("training list: %d images (%d new, %d earlier, %d repeats), per class %s",
+             len(listing.images), listing.new, listing.earlier, listing.repeats,
+             listing.classes)  # fmt: skip
+    return listing
+
+
 def _result_of_run(run_id: str, out_dir: Path, settings: Settings) -> TrainResult:
     import mlflow
 
@@ -226,9 +300,11 @@ def train(
     settings: Settings,
     lineage: dict[str, str],
     reuse: bool = True,
+    parent: ModelRef | None = None,
 ) -> TrainResult:
     """Train on `dataset`, export ONNX, log everything to MLflow; reuse an identical earlier run
-    unless `reuse` is False."""
+    unless `reuse` is False. `parent`: the version a warm start or replay builds on (default:
+    the champion now, if the params need one)."""
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
@@ -236,13 +312,23 @@ def train(
     ultralytics = yolo.load(settings.home / "ultralytics")
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)  # the fluent run below logs there
     mlflow.set_experiment(EXPERIMENT)
+    parent = parent or parent_of(params, settings)
     identity = {"data_digest": dataset.digest, **lineage}
+    if parent is not None:
+        identity |= {PARENT_TAG: str(parent.version), PARENT_RUN_TAG: parent.run_id}
+    warm = parent is not None and params.init == "champion"
     if reuse and (earlier := _find_earlier_run(identity)) is not None:
         return _result_of_run(earlier, out_dir / earlier, settings)
 
-    start_from = base_model(params)
+    start_from, imgsz = (
+        _warm_start(settings, parent, out_dir) if warm else (base_model(params), None)
+    )
     device = resolve_device(params.device)
-    imgsz = data_imgsz(dataset.path) if params.imgsz == "auto" else params.imgsz
+    if imgsz is None:
+        imgsz = data_imgsz(dataset.path) if params.imgsz == "auto" else params.imgsz
+    if parent is not None:
+        log.info("builds on v%d: %s, %s data, imgsz %d", parent.version,
+                 "its weights" if warm else "a new model", params.data, imgsz)  # fmt: skip
     started = time.monotonic()
     run_tags = {**identity, "data_revision": dataset.revision, "data_commit": dataset.commit}
     orphan = _orphan_run(identity) if reuse else None
@@ -258,7 +344,11 @@ def train(
         log_system_metrics=True,
     ) as run:
         if orphan is None:
-            mlflow.log_params({**params.model_dump(), "device_used": device, "imgsz_used": imgsz})
+            mlflow.log_params({
+                **params.model_dump(), "device_used": device, "imgsz_used": imgsz,
+                "init_used": "champion" if warm else "scratch",
+                "data_used": params.data if parent else "cumulative",
+            })  # fmt: skip
             mlflow.log_input(
                 MetaDataset(
                     source=resolve_dataset_source(str(dataset.path)),
@@ -290,6 +380,10 @@ def train(
                 metrics.get(FINAL_METRICS["map50_95"], 0.0), time.monotonic() - started,
             )  # fmt: skip
 
+        data_yaml = dataset.path / "data.yaml"
+        if orphan is None and ((parent and params.data == "replay") or params.balance == "sample"):
+            listing = _train_list(params, dataset, parent, settings, out_dir / run.info.run_id)
+            data_yaml = listing.data_yaml
         model = ultralytics.YOLO(str(checkpoint) if orphan else start_from)
         model.add_callback("on_fit_epoch_end", log_epoch)
         with EnergyMeter(price_per_kwh=settings.energy_price_per_kwh) as meter:
@@ -297,7 +391,7 @@ def train(
                 model.train(resume=True)
             else:
                 model.train(
-                    data=str(dataset.path / "data.yaml"),
+                    data=str(data_yaml),
                     imgsz=imgsz,
                     epochs=params.epochs,
                     batch=params.batch,
@@ -312,6 +406,7 @@ def train(
                     name=run.info.run_id,
                     exist_ok=True,
                     verbose=False,
+                    **(_fine_tuning(params) if warm else {}),
                 )
         energy = meter.reading()
         mlflow.log_metrics(energy.as_metrics())
@@ -336,7 +431,6 @@ def train(
 def reproduce(settings: Settings, version: int) -> ReproduceResult:
     """Retrain `version` from the data revision, train params and seed its run recorded, in a
     new run tagged `reproduces_version`, and compare the final validation metrics."""
-    from ml import data_registry
     from ml.lineage import code_commit
 
     client = registry.client(settings)
@@ -347,6 +441,11 @@ def reproduce(settings: Settings, version: int) -> ReproduceResult:
         {key: recorded[key] for key in TrainParams.model_fields if key in recorded}
     )
     revision, digest = run.data.tags["data_revision"], run.data.tags["data_digest"]
+    parent = None
+    if PARENT_TAG in run.data.tags:
+        parent = registry.version_ref(settings, int(run.data.tags[PARENT_TAG]))
+    else:  # it had no champion to build on, whatever its params asked for
+        params = params.model_copy(update={"init": "scratch", "data": "cumulative"})
     dataset = data_registry.pull(settings, revision)
     if dataset.digest != digest:
         raise TrainingError(
@@ -360,7 +459,9 @@ def reproduce(settings: Settings, version: int) -> ReproduceResult:
         "reproduces_version": str(version),
         "reproduces_run": run.info.run_id,
     }
-    result = train(params, dataset, settings.runs_dir, settings, lineage, reuse=False)
+    result = train(
+        params, dataset, settings.runs_dir, settings, lineage, reuse=False, parent=parent
+    )
     before = {k: run.data.metrics[k] for k in FINAL_METRICS if k in run.data.metrics}
     return ReproduceResult(
         version=version, run_id=run.info.run_id, reproduced_run_id=result.run_id,

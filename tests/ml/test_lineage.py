@@ -65,3 +65,39 @@ def test_an_earlier_run_is_reused_only_when_the_code_is_known(mlflow_settings):
     known = {"data_digest": "d-lineage", "git_commit": "abc123"}
     assert train._find_earlier_run(known) is not None
     assert train._find_earlier_run({**known, "git_commit": lineage.UNKNOWN}) is None
+
+
+def test_the_chain_walks_parents_back_to_a_model_trained_from_scratch(
+    mlflow_settings, tmp_path: Path, logged_run
+):
+    """Three versions, each built on the one before (as warm starts tag their runs)."""
+    import mlflow
+
+    from ml import registry
+    from ml.records import DatasetRef
+
+    settings = mlflow_settings.model_copy(update={"model_name": "lineage-chain"})
+    client = registry.client(settings)
+    versions: list[int] = []
+    for number, (init, data) in enumerate(
+        [("scratch", "cumulative"), ("champion", "cumulative"), ("champion", "replay")], start=1
+    ):
+        trained = logged_run(settings, tmp_path, f"m{number}")
+        run_id = trained.run_id
+        client.log_param(run_id, "init_used", init)
+        client.log_param(run_id, "data_used", data)
+        client.set_tag(run_id, "data_revision", f"r{number}")
+        if versions:
+            client.set_tag(run_id, "parent_version", str(versions[-1]))  # as training tags it
+        dataset = DatasetRef(revision=f"r{number}", commit="c", digest="d", path=tmp_path)
+        versions.append(registry.register(trained, dataset, {}, settings).version)
+    mlflow.end_run()
+
+    chain = lineage.chain(settings, versions[-1])
+    assert [(link.version, link.parent, link.data_revision, link.init, link.data)
+            for link in chain] == [
+        (versions[2], versions[1], "r3", "champion", "replay"),
+        (versions[1], versions[0], "r2", "champion", "cumulative"),
+        (versions[0], None, "r1", "scratch", "cumulative"),
+    ]  # fmt: skip
+    assert [link.version for link in lineage.chain(settings, versions[0])] == [versions[0]]

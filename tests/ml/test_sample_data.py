@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 from ml import sample_data
 from ml.config import EMOTIONS
 from ml.dataset_format import SPLITS
+from ml.params import class_weights
 from ml.sample_data import IMAGE_SIZE, Shift, generate
 
 COUNTS = {"train": 12, "valid": 4, "test": 4}
@@ -145,6 +147,48 @@ def test_class_weights_change_the_class_mix(tmp_path: Path) -> None:
     mostly_sad = Shift(class_weights=[1, 1, 1, 1, 1, 1, 30, 1])
     mix = classes(generate(tmp_path / "s", train=80, valid=0, test=0, shift=mostly_sad).parent)
     assert mix.count(6) > 50
+
+
+def test_the_affectnet_mix_makes_its_skew(tmp_path: Path) -> None:
+    skew = Shift(class_weights=class_weights("affectnet"))
+    mix = Counter(classes(generate(tmp_path / "a", train=400, valid=0, test=0, shift=skew).parent))
+    share = {name: mix[i] / 400 for i, name in enumerate(EMOTIONS)}
+    assert share["happy"] + share["neutral"] > 0.6  # AffectNet: 0.73
+    assert share["contempt"] + share["disgust"] < 0.06  # AffectNet: 0.026
+    assert share["happy"] > share["neutral"] > share["surprise"] > share["contempt"]
+    named = Shift(class_weights=class_weights("happy=5,contempt=0"))
+    mix = Counter(classes(generate(tmp_path / "n", train=200, valid=0, test=0, shift=named).parent))
+    assert mix[EMOTIONS.index("contempt")] == 0
+    assert mix[EMOTIONS.index("happy")] > 2 * mix[EMOTIONS.index("sad")]
+
+
+def test_the_command_takes_a_class_mix_and_refuses_a_bad_one(tmp_path: Path, make_settings):
+    from emoflow import services
+    from ml import data_registry
+    from ml.config import PROJECT_ROOT
+
+    settings = make_settings(tmp_path / "home")
+
+    def add_batch(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(services.BIN / "emoflow"), "data", "add-batch", "--sample", "--no-trigger",
+             "--train", "300", "--valid", "8", "--test", "8", *args],
+            env=services.settings_env(settings), capture_output=True, text=True,
+            cwd=PROJECT_ROOT, timeout=300,
+        )  # fmt: skip
+
+    refused = add_batch("--class-mix", "joy=3")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().startswith(
+        "emoflow: error: --class-mix: class mix 'joy=3': 'joy'"
+    )
+    recorded = add_batch("--class-mix", "affectnet")
+    assert recorded.returncode == 0, recorded.stderr
+    revision = data_registry.revision(settings, "r1")
+    train = revision.counts["train"]["classes"]
+    assert (train["happy"] + train["neutral"]) / 300 > 0.6, train
+    assert train["contempt"] + train["disgust"] < 18, train
+    assert "class_mix=affectnet" in revision.source
 
 
 def test_prefix_and_seed_keep_batches_apart(tmp_path: Path) -> None:
