@@ -32,11 +32,21 @@ def test_integrations_are_off_and_pillow_is_not_patched(ultralytics):
     assert PIL.Image.open.__module__ == "PIL.Image"
 
 
-def test_cpu_training_uses_every_core(ultralytics):
+@pytest.mark.parametrize("omp_threads", [None, "1"], ids=["every-core", "omp-num-threads"])
+def test_cpu_training_uses_every_core_or_omp_num_threads(omp_threads, tmp_path, monkeypatch):
     import os
 
     import torch
     from ultralytics.utils.torch_utils import select_device
 
-    select_device("cpu", verbose=False)
-    assert torch.get_num_threads() == os.cpu_count()
+    if omp_threads is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp_threads)
+    before = torch.get_num_threads()
+    try:
+        yolo.load(tmp_path)
+        select_device("cpu", verbose=False)
+        assert torch.get_num_threads() == int(omp_threads or os.cpu_count())
+    finally:
+        torch.set_num_threads(before)  # the rest of this process keeps its threads
