@@ -38,7 +38,7 @@ def load(config_dir: Path) -> ModuleType:
     # On CPU ultralytics gives torch cpu_count - 1 threads (one core kept for data loaders), i.e.
     # a single thread on a 2-core machine; it runs no loader workers on CPU, so use every core,
     # or OMP_NUM_THREADS where it is set: two trainings side by side with a thread per core each
-    # run 4-5x slower than with half the threads each (bench: two 2-epoch trainings, 2 cores).
+    # run about 4x slower than with half the threads each (bench/training_threads.py).
     torch_utils.NUM_THREADS = int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1
     _stage_font(Path(ultralytics.utils.USER_CONFIG_DIR))
     return ultralytics

@@ -157,7 +157,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     """Under xdist, each of the suite's processes (and the trainings, Airflow tasks and services
     it starts, which inherit the environment) gets its share of the cores: two trainings that
-    each use every core run 4-5 times slower than two that share them (ml/yolo.py)."""
+    each use every core run about 4 times slower than two that share them (ml/yolo.py)."""
     processes = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if processes > 1:
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
