@@ -70,8 +70,8 @@ def main() -> None:
     result = {
         "machine": {"processor": cpu_model(), "cpu_count": cores},
         "trainings": 2, "images": args.images, "epochs": args.epochs, "imgsz": 96,
-        "wall_s_each_every_core": round(every_core, 1),
-        "wall_s_each_its_share": round(shared, 1),
+        "wall_s_both_every_core_each": round(every_core, 1),
+        "wall_s_both_a_share_each": round(shared, 1),
         "ratio": round(every_core / shared, 2),
     }  # fmt: skip
     print(f"two trainings side by side, {cores} cores: {cores} threads each {every_core:.1f} s, "
