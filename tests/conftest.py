@@ -140,6 +140,25 @@ def tiny_onnx():
     return _tiny_onnx
 
 
+class _WritesAMarker:
+    """Unpickled, it writes `marker`: what a payload in a model file can do."""
+
+    def __init__(self, marker: Path, how: str) -> None:
+        self.marker, self.how = marker, how
+
+    def __reduce__(self):
+        if self.how == "exec":
+            return exec, (f"open({str(self.marker)!r}, 'w').write('ran')",)
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.fixture(scope="session")
+def code_payload():
+    """A function `(marker, how) -> object` whose pickle, once loaded, writes the file `marker`
+    through `exec` (how="exec") or `os.system` (how="system")."""
+    return _WritesAMarker
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The long modules first (end to end, then those that train for several epochs): the suite
     runs on two processes that each take whole modules in this order (Makefile: test), so the

@@ -3,7 +3,6 @@ ultralytics loads it, and a checkpoint that real training wrote passes (real ult
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -14,18 +13,6 @@ from ml.records import DatasetRef, ModelRef
 from ml.safe_weights import UnsafeWeights, load_checkpoint
 
 IMGSZ = 32
-
-
-class WritesAMarker:
-    """Unpickled, it writes `marker`: what a payload in a model file can do."""
-
-    def __init__(self, marker: Path, how: str) -> None:
-        self.marker, self.how = marker, how
-
-    def __reduce__(self):
-        if self.how == "exec":
-            return exec, (f"open({str(self.marker)!r}, 'w').write('ran')",)
-        return os.system, (f"touch {self.marker}",)
 
 
 class BuildsAModelThatEvals:
@@ -77,7 +64,7 @@ def test_a_checkpoint_real_training_wrote_passes(trained) -> None:
 
 @pytest.mark.parametrize(("how", "named"), [("exec", "builtins.exec"), ("system", "system")])
 def test_a_registry_file_with_a_code_payload_fails_the_gate_and_runs_nothing(
-    trained, tmp_path: Path, make_settings, monkeypatch, how: str, named: str
+    trained, tmp_path: Path, make_settings, monkeypatch, code_payload, how: str, named: str
 ) -> None:
     import torch
 
@@ -85,7 +72,7 @@ def test_a_registry_file_with_a_code_payload_fails_the_gate_and_runs_nothing(
     marker = tmp_path / "ran"
     evil = tmp_path / "champion.pt"
     real = torch.load(best, map_location="cpu", weights_only=False)  # training's own file
-    torch.save({**real, "docs": WritesAMarker(marker, how)}, evil)  # a real model beside it
+    torch.save({**real, "docs": code_payload(marker, how)}, evil)  # a real model beside it
 
     with pytest.raises(UnsafeWeights, match=f"refused to load {evil}: it names .*{named}"):
         _gate(evil, dataset, tmp_path, make_settings, monkeypatch)

@@ -4,7 +4,6 @@ any of it runs, and the service's per-request pixel budget refuses an image befo
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,28 +15,16 @@ from serving.requests import ApiError, PixelBudget, decode_images
 from serving.torch_runtime import torch_forward
 
 
-class WritesAMarker:
-    """Unpickled, it writes `marker`: what a payload in a model file can do."""
-
-    def __init__(self, marker: Path, how: str) -> None:
-        self.marker, self.how = marker, how
-
-    def __reduce__(self):
-        if self.how == "exec":
-            return exec, (f"open({str(self.marker)!r}, 'w').write('ran')",)
-        return os.system, (f"touch {self.marker}",)
-
-
 @pytest.mark.parametrize(("how", "named"), [("exec", "builtins.exec"), ("system", "system")])
 def test_a_pickled_code_payload_is_refused_and_runs_nothing(
-    tmp_path: Path, weights: Path, how: str, named: str
+    tmp_path: Path, weights: Path, code_payload, how: str, named: str
 ) -> None:
     import torch
 
     marker = tmp_path / "ran"
     evil = tmp_path / "champion.pt"
     real = torch.load(weights, map_location="cpu", weights_only=False)  # the fixture's own file
-    torch.save({**real, "train_args": WritesAMarker(marker, how)}, evil)  # a real model beside it
+    torch.save({**real, "train_args": code_payload(marker, how)}, evil)  # a real model beside it
 
     with pytest.raises(UnsafeWeights, match=named):
         torch_forward(evil, "cpu")
