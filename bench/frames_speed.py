@@ -43,10 +43,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import httpx
-import numpy as np
 import serving_speed as speed
 
 from ml.config import PROJECT_ROOT, Settings
+from ml.sample_photos import Box, astronauts, iou, rgb, tiles_on_photo
 
 RESULTS = PROJECT_ROOT / "bench" / "results" / "frames_speed.json"
 FRAME_SIZE = (640, 480)
@@ -54,7 +54,6 @@ FRAMES_VS_BASELINE_640 = 5.0
 FRAMES_VS_BASELINE_MATCHED = 2.0
 WORKER_RSS_MIB = 250.0
 HEALTH_P99_MS = 50.0
-ASTRONAUT_FACE = (175.0, 72.0, 277.0, 180.0)  # in skimage.data.astronaut(), as tests/serving
 FACE_FREE_PHOTOS = (
     "rocket",
     "brick",
@@ -68,64 +67,10 @@ FACE_FREE_PHOTOS = (
 ASTRONAUT_GRIDS = {1: (1, 1), 2: (2, 1), 4: (2, 2), 6: (3, 2)}  # faces: (columns, rows)
 MIN_IOU = 0.4  # a face is answered when a returned box covers it at this IoU
 
-Box = tuple[float, float, float, float]
 say = speed.say
 
 
 # ---------------------------------------------------------------- frames of real photos
-
-
-def _rgb(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.dtype != np.uint8:  # floats in [0, 1]
-        image = (image.astype(np.float64) * 255).clip(0, 255).astype(np.uint8)
-    if image.ndim == 2:
-        image = np.stack([image] * 3, axis=-1)
-    return np.ascontiguousarray(image[..., :3])
-
-
-def _resized(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
-
-
-def _faces_on_photo(faces: np.ndarray, background: np.ndarray, seed: int) -> tuple:
-    """LFW face crops scaled to 64-140 px and placed apart on a face-free photo: frame, boxes."""
-    rng = np.random.default_rng(seed)
-    width, height = FRAME_SIZE
-    frame = _resized(background, width, height).copy()
-    boxes: list[Box] = []
-    for face in faces:
-        side = int(rng.integers(64, 141))
-        for _ in range(1000):
-            x, y = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
-            if all(x + side + 8 <= a or c + 8 <= x or y + side + 8 <= b or d + 8 <= y
-                   for a, b, c, d in boxes):  # fmt: skip
-                break
-        else:
-            raise ValueError(f"{len(faces)} faces of up to 140 px do not fit apart in a frame")
-        frame[y : y + side, x : x + side] = _resized(_rgb(face), side, side)
-        boxes.append((x, y, x + side, y + side))
-    return frame, boxes
-
-
-def _astronauts(columns: int, rows: int) -> tuple:
-    """Copies of the astronaut photo in a grid on a grey frame: frame, face boxes."""
-    from skimage import data
-
-    width, height = FRAME_SIZE
-    side = min(width // columns, height // rows)
-    frame = np.full((height, width, 3), 120, np.uint8)
-    small, scale = _resized(data.astronaut(), side, side), side / 512
-    boxes = []
-    for row in range(rows):
-        for column in range(columns):
-            x, y = column * side, row * side
-            frame[y : y + side, x : x + side] = small
-            x1, y1, x2, y2 = (v * scale for v in ASTRONAUT_FACE)
-            boxes.append((x + x1, y + y1, x + x2, y + y2))
-    return frame, boxes
 
 
 def frames(per_count: int) -> list[tuple[str, bytes, list[Box]]]:
@@ -134,30 +79,25 @@ def frames(per_count: int) -> list[tuple[str, bytes, list[Box]]]:
     from PIL import Image
     from skimage import data
 
-    free = [_rgb(getattr(data, name)()) for name in FACE_FREE_PHOTOS]
+    free = [rgb(getattr(data, name)()) for name in FACE_FREE_PHOTOS]
     lfw = data.lfw_subset()[:100]  # the first 100 are faces
     scenes = []
     for count in range(1, 7):
         for k in range(per_count):
             start = (count * per_count + k) * 7 % (100 - count)
             seed = 10 * count + k
-            scene = _faces_on_photo(lfw[start : start + count], free[seed % len(free)], seed)
+            scene = tiles_on_photo(
+                lfw[start : start + count], [free[seed % len(free)]], (64, 140), seed, *FRAME_SIZE
+            )
             scenes.append((f"lfw {count} faces #{k}", *scene))
         if count in ASTRONAUT_GRIDS:
-            scenes.append((f"astronaut x{count}", *_astronauts(*ASTRONAUT_GRIDS[count])))
+            scenes.append((f"astronaut x{count}", *astronauts(*ASTRONAUT_GRIDS[count])))
     encoded = []
     for name, frame, boxes in scenes:
         buffer = io.BytesIO()
         Image.fromarray(frame).save(buffer, format="JPEG", quality=90)
         encoded.append((name, buffer.getvalue(), boxes))
     return encoded
-
-
-def _iou(a, b) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def faces_answered(answers: list[list[dict]], truth: list[list[Box]]) -> dict:
@@ -169,8 +109,8 @@ def faces_answered(answers: list[list[dict]], truth: list[list[Box]]) -> dict:
         used: set[int] = set()
         for box in boxes:
             free = [i for i in range(len(returned)) if i not in used]
-            best = max(free, key=lambda i: _iou(returned[i], box), default=None)
-            if best is not None and _iou(returned[best], box) >= MIN_IOU:
+            best = max(free, key=lambda i: iou(returned[i], box), default=None)
+            if best is not None and iou(returned[best], box) >= MIN_IOU:
                 used.add(best)
         found, extra = found + len(used), extra + len(returned) - len(used)
     return {"faces": sum(map(len, truth)), "answered": found, "boxes_on_no_face": extra}

@@ -23,6 +23,15 @@ from emoflow import services
 from ml import registry, yolo
 from ml.config import Settings
 from ml.records import DatasetRef, ModelRef, TrainResult
+from ml.sample_photos import (
+    ASTRONAUT_FACE,
+    Box,
+    astronauts,
+    iou,
+    resized,
+    rgb,
+    tiles_on_photo,
+)
 
 IMGSZ = 96  # the fixture model's input side
 TEST_MODEL = "emotion-detector-serving-test"  # own registry name: other modules share the server
@@ -30,8 +39,6 @@ UPLOAD_LIMIT = 1024 * 1024  # the test service's max_upload_bytes
 RELOAD_TOKEN = "test-reload-token"
 SERVICE_WORKERS = 2  # the hot-reload test needs more than one worker, whatever the core count
 REQUEST_PIXELS = 4_000_000  # the test service's serve_max_request_pixels
-ASTRONAUT_FACE = (175.0, 72.0, 277.0, 180.0)
-"""Eileen Collins' face in `skimage.data.astronaut()` (512 x 512), hairline to chin, by eye."""
 FACE_FREE_PHOTOS = (
     "coffee", "chelsea", "rocket", "brick", "grass", "gravel", "hubble_deep_field", "coins",
     "horse", "page", "text", "moon", "retina", "immunohistochemistry",
@@ -74,9 +81,6 @@ def _upright_exif_jpeg() -> tuple[bytes, np.ndarray]:
 # ---------------------------------------------------------------- real photographs
 
 
-Box = tuple[float, float, float, float]
-
-
 @dataclass(frozen=True)
 class PhotoScenes:
     """Frames made of real photographs (scikit-image's): `faces` with their face boxes in frame
@@ -84,60 +88,6 @@ class PhotoScenes:
 
     faces: list[tuple[str, np.ndarray, list[Box]]]
     face_free: list[tuple[str, np.ndarray, list[Box]]]
-
-
-def _rgb(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.dtype != np.uint8:  # floats in [0, 1], or a binary mask
-        image = (image.astype(np.float64) * 255).clip(0, 255).astype(np.uint8)
-    if image.ndim == 2:
-        image = np.stack([image] * 3, axis=-1)
-    return np.ascontiguousarray(image[..., :3])
-
-
-def _resized(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
-
-
-def _tiles_on_photo(
-    tiles: np.ndarray, backgrounds: list[np.ndarray], sizes: tuple[int, int], seed: int,
-    width: int = 640, height: int = 480,
-) -> tuple[np.ndarray, list[Box]]:  # fmt: skip
-    """Square tiles, each scaled to a side in `sizes`, placed apart on one of `backgrounds`
-    scaled to the frame; returns the frame and each tile's box."""
-    rng = np.random.default_rng(seed)
-    background = backgrounds[int(rng.integers(len(backgrounds)))]
-    frame = _resized(background, width, height).copy()
-    boxes: list[Box] = []
-    for tile in tiles:
-        side = int(rng.integers(sizes[0], sizes[1] + 1))
-        for _ in range(1000):
-            x, y = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
-            if all(x + side + 8 <= a or c + 8 <= x or y + side + 8 <= b or d + 8 <= y
-                   for a, b, c, d in boxes):  # fmt: skip
-                break
-        else:
-            raise ValueError(f"{len(tiles)} tiles of up to {sizes[1]} px do not fit apart")
-        frame[y : y + side, x : x + side] = _resized(_rgb(tile), side, side)
-        boxes.append((x, y, x + side, y + side))
-    return frame, boxes
-
-
-def _astronauts(columns: int, rows: int, width: int = 640, height: int = 480):
-    """Copies of the astronaut photo in a grid on a grey frame, and their face boxes."""
-    from skimage import data
-
-    side = min(width // columns, height // rows)
-    frame = np.full((height, width, 3), 120, np.uint8)
-    small, scale = _resized(data.astronaut(), side, side), side / 512
-    boxes = []
-    for row in range(rows):
-        for column in range(columns):
-            x, y = column * side, row * side
-            frame[y : y + side, x : x + side] = small
-            x1, y1, x2, y2 = (v * scale for v in ASTRONAUT_FACE)
-            boxes.append((x + x1, y + y1, x + x2, y + y2))
-    return frame, boxes
 
 
 @functools.cache
@@ -153,13 +103,13 @@ def _photo_scenes() -> PhotoScenes:
     """
     from skimage import data
 
-    free = [_rgb(getattr(data, name)()) for name in FACE_FREE_PHOTOS]
-    free.append(_rgb(data.stereo_motorcycle()[0]))
+    free = [rgb(getattr(data, name)()) for name in FACE_FREE_PHOTOS]
+    free.append(rgb(data.stereo_motorcycle()[0]))
     lfw = data.lfw_subset()
     faces, non_faces = lfw[:100], lfw[100:]
     scenes = [("astronaut", data.astronaut(), [ASTRONAUT_FACE])]
     for columns, rows in [(2, 1), (2, 2), (3, 2), (4, 3)]:
-        scenes.append((f"astronaut {columns}x{rows}", *_astronauts(columns, rows)))
+        scenes.append((f"astronaut {columns}x{rows}", *astronauts(columns, rows)))
     astronaut = data.astronaut()
     for x1, y1, x2, y2 in [(125, 20, 325, 220), (100, 0, 350, 250), (60, 0, 400, 340)]:
         scale = 320 / (x2 - x1)
@@ -167,28 +117,19 @@ def _photo_scenes() -> PhotoScenes:
             tuple((v - o) * scale for v, o in zip(ASTRONAUT_FACE, (x1, y1, x1, y1), strict=True))
         ]
         scenes.append(
-            (f"astronaut close-up {x2 - x1}", _resized(astronaut[y1:y2, x1:x2], 320, 320), box)
+            (f"astronaut close-up {x2 - x1}", resized(astronaut[y1:y2, x1:x2], 320, 320), box)
         )
     for k in range(20):
-        scenes.append((f"lfw {k}", *_tiles_on_photo(faces[k * 5 : k * 5 + 5], free, (48, 140), k)))
+        scenes.append((f"lfw {k}", *tiles_on_photo(faces[k * 5 : k * 5 + 5], free, (48, 140), k)))
     for k in range(5):
-        frame, boxes = _tiles_on_photo(
-            faces[k * 2 : k * 2 + 2], free, (110, 140), 200 + k, 400, 320
-        )
+        frame, boxes = tiles_on_photo(faces[k * 2 : k * 2 + 2], free, (110, 140), 200 + k, 400, 320)
         scenes.append((f"lfw large {k}", frame, boxes))
     names = [*FACE_FREE_PHOTOS, "stereo_motorcycle"]
     face_free = [(name, image, []) for name, image in zip(names, free, strict=True)]
     for k in range(10):
-        frame, _ = _tiles_on_photo(non_faces[k * 10 : k * 10 + 10], free, (48, 110), 100 + k)
+        frame, _ = tiles_on_photo(non_faces[k * 10 : k * 10 + 10], free, (48, 110), 100 + k)
         face_free.append((f"lfw non-faces {k}", frame, []))
     return PhotoScenes(scenes, face_free)
-
-
-def _iou(a, b) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def _match_faces(found: list, truth: list[Box], min_iou: float = 0.4) -> tuple[int, int]:
@@ -197,8 +138,8 @@ def _match_faces(found: list, truth: list[Box], min_iou: float = 0.4) -> tuple[i
     used: set[int] = set()
     for box in truth:
         free = [i for i in range(len(found)) if i not in used]
-        best = max(free, key=lambda i: _iou(found[i], box), default=None)
-        if best is not None and _iou(found[best], box) >= min_iou:
+        best = max(free, key=lambda i: iou(found[i], box), default=None)
+        if best is not None and iou(found[best], box) >= min_iou:
             used.add(best)
     return len(used), len(found) - len(used)
 
