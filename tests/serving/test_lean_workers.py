@@ -13,19 +13,23 @@ from pathlib import Path
 
 import httpx
 import psutil
-import pytest
 
 from emoflow import services
 from ml.config import PROJECT_ROOT, Settings
 
-pytestmark = pytest.mark.skipif(
-    Path("/proc/driver/nvidia").exists(), reason="a GPU worker loads torch on purpose"
+GPU_HOST = Path("/proc/driver/nvidia").exists()  # a GPU worker loads torch on purpose
+TORCH = ("torch/lib", "libtorch")
+HEAVY_LIBRARIES = ("pyarrow", "pandas/_libs", "libarrow", "scipy/", *(() if GPU_HOST else TORCH))
+"""Pieces of the paths of the shared objects that pyarrow, pandas, scipy (which the MLflow
+client brings) and, on a CPU host, torch map into a process."""
+HEAVY_MODULES = (
+    "mlflow",
+    "pandas",
+    "pyarrow",
+    "scipy",
+    "ultralytics",
+    *(() if GPU_HOST else ("torch",)),
 )
-
-HEAVY_LIBRARIES = ("pyarrow", "pandas/_libs", "libarrow", "torch/lib", "libtorch", "scipy/")
-"""Pieces of the paths of the shared objects that pyarrow, pandas, torch and scipy (which the
-MLflow client brings) map into a process."""
-HEAVY_MODULES = ("mlflow", "pandas", "pyarrow", "torch", "scipy", "ultralytics")
 
 
 def _workers(settings: Settings) -> tuple[psutil.Process, list[psutil.Process]]:
