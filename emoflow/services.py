@@ -101,10 +101,18 @@ def airflow_servers(settings: Settings) -> list[Server]:
     env = airflow_env(settings)
     health = f"{settings.airflow_url}/api/v2/monitor/health"
     return [
-        Server(f"airflow-{part}", [str(BIN / "airflow"), part],
+        Server(f"airflow-{part}", [*airflow_command(settings, part), part],
                health if part == "api-server" else None, env)
         for part in AIRFLOW_PARTS
     ]  # fmt: skip
+
+
+def airflow_command(settings: Settings, part: str) -> list[str]:
+    """How to start an Airflow part: the scheduler, whose executor forks the task processes,
+    through `emoflow.airflow_preload` unless the setting `airflow_preload` is off."""
+    if part == "scheduler" and settings.airflow_preload:
+        return [str(BIN / "python"), "-m", "emoflow.airflow_preload"]
+    return [str(BIN / "airflow")]
 
 
 def airflow(settings: Settings, *args: str, log: Path | None = None) -> int:

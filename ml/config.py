@@ -98,6 +98,10 @@ class Settings(BaseSettings):
         "None = http://serve_host:serve_port.",
     )  # fmt: skip
     airflow_port: int = Field(8080, description="Port of the embedded Airflow API server (UI).")
+    airflow_preload: bool = Field(
+        True, description="The scheduler imports the steps' libraries once, before it forks a "
+        "process per task (emoflow/airflow_preload.py); false: each task imports them.",
+    )  # fmt: skip
     airflow_api_url: str | None = Field(
         None, description="Airflow's API server as emoflow calls it; None = the embedded one."
     )

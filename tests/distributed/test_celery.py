@@ -226,13 +226,13 @@ def cycle(topology: Topology, free_port):
         wait_healthy(control)
         for host, service in WORKERS.items():
             command = shlex.split(t.compose["services"][service]["command"])
-            assert command[:3] == ["airflow", "celery", "worker"]
+            assert command[:5] == ["python", "-m", "emoflow.airflow_preload", "celery", "worker"]
             worker_env = {**t.process_env(host),
                           "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
                           "AIRFLOW__CORE__HOSTNAME_CALLABLE": "worker_hostname.hostname",
                           "EMOFLOW_TEST_WORKER": host,
                           "PYTHONPATH": str(Path(__file__).parent)}  # fmt: skip
-            start(services.Server(service, [str(services.BIN / "airflow"), *command[1:],
+            start(services.Server(service, [str(services.BIN / "python"), *command[1:],
                                             "--celery-hostname", f"{host}@%h"], None, worker_env),
                   workers[host])  # fmt: skip
 
