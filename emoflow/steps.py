@@ -129,20 +129,41 @@ def gate(
     params: Params | None = None,
 ) -> GateResult:
     """Challenger against champion on one test split: the new revision's, or the frozen
-    `gate.test_revision`. The challenger's weights and ONNX export come from MLflow (its
-    version), not from `trained`'s paths, which are the training worker's."""
+    `gate.test_revision`; and on each earlier revision's own test images (forgetting), which
+    the new revision holds. The challenger's weights and ONNX export come from MLflow (its
+    version), not from `trained`'s paths, which are the training worker's. The shadow log's
+    comparison of the two on live traffic, if any, goes into the report as information."""
     from ml import gate as gating
 
     settings, params = _resolve(settings, params, overrides)
     frozen = params.gate.test_revision
-    test_set = data_registry.pull(settings, frozen) if frozen else _pulled_here(dataset, settings)
+    trained_on = _pulled_here(dataset, settings)
+    test_set = data_registry.pull(settings, frozen) if frozen else trained_on
     out_dir = settings.runs_dir / "gate" / f"v{model.version}"
     weights = registry.download_weights(settings, model, out_dir / "challenger")
     onnx = registry.download_onnx(settings, model, out_dir / "challenger-onnx")
     return gating.gate(
         model, weights, test_set, trained.imgsz, params.gate, settings, out_dir,
-        challenger_onnx=onnx,
+        challenger_onnx=onnx, trained_on=trained_on, shadow=shadow_comparisons(settings, model),
     )  # fmt: skip
+
+
+def shadow_comparisons(settings: Settings, challenger: ModelRef) -> list[GateResult.Shadow]:
+    """The shadow log's comparisons of `challenger` with each champion it was scored beside
+    (`monitoring.shadow_report.shadow_summary`); none when the log cannot be read (logged):
+    the gate shows them as information and never needs them."""
+    import sqlalchemy as sa
+
+    from monitoring.shadow_report import shadow_summary
+
+    try:
+        summary = shadow_summary(settings.prediction_log)
+    except sa.exc.SQLAlchemyError as exc:
+        log.warning("gate: the shadow log could not be read (%s: %s); the report goes without it",
+                    type(exc).__name__, str(exc).splitlines()[0][:200])  # fmt: skip
+        return []
+    return [GateResult.Shadow.model_validate(pair) for pair in summary
+            if pair["challenger_version"] == challenger.version]  # fmt: skip
 
 
 def drift(

@@ -35,7 +35,7 @@ from pydantic import BaseModel
 
 from ml import data_writes
 from ml.config import EMOTIONS, Settings
-from ml.dataset_format import SPLITS, label_path, list_images, read_label
+from ml.dataset_format import SPLITS, is_image, label_path, list_images, read_label
 from ml.records import DatasetRef
 
 DATASET = "data/emotions"
@@ -238,6 +238,23 @@ def revisions(settings: Settings) -> list[Revision]:
     if not (repo_path / ".dvc").is_dir():
         return []
     return [revision(settings, tag) for tag in revision_tags(repo_path)]
+
+
+def split_image_names(settings: Settings, name: str, split: str) -> set[str]:
+    """File names of the images in split `split` of revision `name`, read from its DVC
+    manifest (from the cache, else the remote), pulling no data; none without that folder."""
+    from dvc.repo import Repo
+
+    rev = revision(settings, name)
+    where = f"{DATASET}/{split}/images"
+    try:
+        entries = Repo.ls(str(_local(settings)), path=where, rev=rev.commit)
+    except FileNotFoundError:
+        return set()
+    except Exception as exc:  # DVC's errors and the remote's (OSError, botocore, ...)
+        raise DataRegistryError(f"{rev.name}: could not list {where} ({type(exc).__name__}: "
+                                f"{exc})") from exc  # fmt: skip
+    return {e["path"] for e in entries if is_image(e["path"]) and not e["path"].startswith(".")}
 
 
 def pull(settings: Settings, name: str = "latest") -> DatasetRef:

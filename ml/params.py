@@ -235,6 +235,29 @@ class GateParams(_Section):
         le=1,
         description="Largest allowed drop of any class's test recall (champion - challenger).",
     )
+    forgetting_revisions: int | None = Field(
+        None,
+        ge=0,
+        description="Earlier revisions (newest first) whose own test images both models are "
+        "also scored on: the test images each one added, as the new revision still holds them "
+        "(revisions are cumulative, so each earlier test split is inside the new one and only "
+        "its batch tells that revision apart); None = every earlier one, 0 = no forgetting "
+        "rules. Needs a champion.",
+    )
+    max_forgetting_map50: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Largest allowed drop of mAP50 (champion - challenger) on any earlier "
+        "revision's own test images.",
+    )
+    max_forgetting_recall: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Largest allowed drop of any class's recall (champion - challenger) on any "
+        "earlier revision's own test images.",
+    )
     max_latency_ms: float | None = Field(
         50.0,
         gt=0,

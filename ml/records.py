@@ -87,6 +87,37 @@ class GateResult(Record):
         seed: int
         seconds: float
 
+    class Forgetting(Record):
+        """Both models on the test images one earlier revision added (its own batch, as the
+        gated revision still holds them): what the challenger kept of what came before."""
+
+        revision: str  # the earlier revision, e.g. "r2"
+        challenger: EvalResult
+        champion: EvalResult
+        seconds: float  # scoring both models on these images
+
+    class ShadowClass(Record):
+        """One class the champion answered on live traffic, scored in shadow by both models."""
+
+        emotion: str  # the champion's answer (its best face), or "(no face)"
+        images: int
+        agreement: float  # share of those images the challenger answered with the same class
+        champion_confidence: float | None  # mean
+        challenger_confidence: float | None
+
+    class Shadow(Record):
+        """Champion and challenger on live traffic (the shadow log, `shadow_summary`): shown
+        in the report as information, never a rule."""
+
+        champion_version: int
+        challenger_version: int
+        images: int
+        agreement: float
+        dropped: int  # images sampled for shadow scoring but dropped (queue full)
+        first: datetime
+        last: datetime
+        classes: list[GateResult.ShadowClass]
+
     passed: bool
     reasons: list[str]
     challenger: EvalResult
@@ -97,6 +128,10 @@ class GateResult(Record):
     bootstrap: GateResult.Bootstrap | None = None  # None without a champion
     latency_ms: float | None = None  # median ONNX Runtime CPU latency of the challenger
     markdown_path: Path | None = None
+    # earlier revisions' own test images, newest first; empty without a champion or when off
+    forgetting: list[GateResult.Forgetting] = []
+    forgetting_table_path: Path | None = None  # the same as CSV, one row per revision x class
+    shadow: GateResult.Shadow | None = None  # this champion/challenger pair on live traffic
 
 
 GateResult.model_rebuild()

@@ -252,3 +252,167 @@ def test_the_step_logs_to_the_training_run_without_reopening_it(
     assert logged == [f"gate/eval-v{version}.npz", f"gate/gate-v{version}.json",
                       f"gate/gate-v{version}.md"]  # fmt: skip
     assert client.get_model_version(settings.model_name, version).tags["gate"] == "passed"
+
+
+# --------------------------------------------------------------------------- forgetting
+
+
+def earlier(revision: str, champion_map50: float, challenger_map50: float,
+            challenger_recall: dict[str, float] | None = None) -> GateResult.Forgetting:  # fmt: skip
+    """Both models on the test images `revision` added (60 of them); the champion's recall is
+    RECALL, the challenger's `challenger_recall` (default: the same)."""
+    return GateResult.Forgetting(
+        revision=revision, seconds=0.5,
+        champion=result(champion_map50, version=1, revision=revision, images=60),
+        challenger=result(challenger_map50, recall=challenger_recall, revision=revision,
+                          images=60),
+    )  # fmt: skip
+
+
+CHAMPION = result(0.6, version=1)
+BETTER = result(0.7)  # passes every other rule against CHAMPION with ci(0.05, 0.15)
+
+
+def test_a_challenger_that_forgets_an_earlier_revision_is_refused_naming_it():
+    forgetting = [earlier("r2", 0.80, 0.795), earlier("r1", 0.80, 0.78)]  # r1: -0.02
+    passed, checks = verdict(BETTER, CHAMPION, PARAMS, ci(0.05, 0.15), FAST, forgetting)
+    assert not passed
+    assert fails(checks) == [
+        "FAIL: mAP50 drop vs champion v1 on each earlier revision's own test images "
+        "(r2: 60, r1: 60) <= 0.010; forgotten: r1 0.800 -> 0.780 (-0.020)"
+    ]
+    check = next(c for c in checks if c.rule == "max_forgetting_map50")
+    assert (check.value, check.threshold) == ("+0.020 (r1)", "<= 0.010")
+
+
+def test_a_class_forgotten_on_an_earlier_revision_is_refused_naming_class_and_revision():
+    forgetting = [earlier("r2", 0.8, 0.8), earlier("r1", 0.8, 0.8, {**RECALL, "sad": 0.74})]
+    passed, checks = verdict(BETTER, CHAMPION, PARAMS, ci(0.05, 0.15), FAST, forgetting)
+    assert not passed
+    assert fails(checks) == [
+        "FAIL: per-class recall drop vs champion v1 on each earlier revision's own test images "
+        "(r2: 60, r1: 60) <= 0.050; forgotten: r1 sad 0.800 -> 0.740 (-0.060)"
+    ]
+    # a class the challenger no longer finds at all counts as recall 0
+    lost = [earlier("r1", 0.8, 0.8, {"happy": 0.9, "sad": 0.8})]
+    assert "r1 fear 0.700 -> 0.000" in fails(verdict(BETTER, CHAMPION, PARAMS, ci(0.05, 0.15),
+                                                     FAST, lost)[1])[0]  # fmt: skip
+
+
+def test_forgetting_within_the_bounds_passes_and_says_the_largest_drop():
+    recall = {"happy": 0.86, "sad": 0.80, "fear": 0.75}  # happy -0.04, fear gains
+    forgetting = [earlier("r2", 0.80, 0.791, recall), earlier("r1", 0.70, 0.75)]
+    passed, checks = verdict(BETTER, CHAMPION, PARAMS, ci(0.05, 0.15), FAST, forgetting)
+    assert passed, reasons(checks)
+    by_rule = {c.rule: c for c in checks}
+    assert by_rule["max_forgetting_map50"].value == "+0.009 (r2)"
+    assert by_rule["max_forgetting_recall"].value == "+0.040 (r2 happy)"
+    assert by_rule["max_forgetting_recall"].reason.endswith("largest +0.040 (r2 happy) <= 0.050")
+
+
+def test_forgetting_rules_need_a_champion_and_can_be_turned_off():
+    forgetting = [earlier("r1", 0.8, 0.5)]
+    off = PARAMS.model_copy(update={"forgetting_revisions": 0})
+    _, checks = verdict(BETTER, CHAMPION, off, ci(0.05, 0.15), FAST, forgetting)
+    assert not any("forgetting" in c.rule for c in checks)
+    _, checks = verdict(result(0.7), None, PARAMS, latency_ms=FAST)
+    assert not any("forgetting" in c.rule for c in checks)
+    # a champion but no earlier revision with test images of its own: said, not refused
+    passed, checks = verdict(BETTER, CHAMPION, PARAMS, ci(0.05, 0.15), FAST, [])
+    assert passed and "PASS: forgetting not measured" in " ".join(reasons(checks))
+
+
+def test_the_report_has_the_revision_by_class_table_and_the_csv(tmp_path: Path):
+    forgetting = [earlier("r1", 0.80, 0.78, {**RECALL, "sad": 0.74})]
+    challenger, champion = (m.model_copy(update={"revision": "r2"}) for m in (BETTER, CHAMPION))
+    passed, checks = verdict(challenger, champion, PARAMS, ci(0.05, 0.15), FAST, forgetting)
+    report = write_report(
+        GateResult(
+            passed=passed, reasons=reasons(checks), challenger=challenger, champion=champion,
+            report_path=tmp_path / "gate-v2.json", test_revision="r2", checks=checks,
+            bootstrap=ci(0.05, 0.15), latency_ms=FAST, forgetting=forgetting,
+        )
+    )  # fmt: skip
+    text = report.markdown_path.read_text()
+    assert "## Forgetting: each earlier revision's own test images" in text
+    assert "| revision | test images | images | mAP50 | fear | happy | sad |" in text
+    assert ("| r1 | test images it added | 60 | 0.800 → 0.780 (-0.020) | 0.700 → 0.700 (+0.000) "
+            "| 0.900 → 0.900 (+0.000) | 0.800 → 0.740 (-0.060) |") in text  # fmt: skip
+    assert "| r2 | gated test split | 400 | 0.600 → 0.700 (+0.100) |" in text
+    assert "Scored both models on 60 test images of 1 earlier revision in 0.5 s." in text
+    assert "| max_forgetting_map50 | +0.020 (r1) | <= 0.010 | FAIL |" in text
+    assert report.forgetting_table_path == tmp_path / "forgetting-v2.csv"
+    rows = report.forgetting_table_path.read_text().splitlines()
+    assert rows[0] == "revision,test_images,images,metric,class,champion,challenger,drop"
+    assert "r1,test images it added,60,map50,,0.8000,0.7800,0.0200" in rows
+    assert "r1,test images it added,60,recall,sad,0.8000,0.7400,0.0600" in rows
+    assert len(rows) == 1 + 2 * (1 + len(RECALL))  # two revision rows, mAP50 + each class
+    assert GateResult.model_validate_json(report.report_path.read_text()) == report
+
+
+def test_the_report_shows_shadow_scoring_as_information_only(tmp_path: Path):
+    from datetime import UTC, datetime
+
+    _, checks = verdict(BETTER, CHAMPION, PARAMS, ci(0.05, 0.15), FAST, [])
+    base = GateResult(
+        passed=True, reasons=reasons(checks), challenger=BETTER, champion=CHAMPION,
+        report_path=tmp_path / "gate-v2.json", test_revision="r1", checks=checks,
+    )  # fmt: skip
+    assert "Shadow scoring on live traffic: nothing logged for champion v1 and challenger v2." in (
+        markdown(base)
+    )
+    assert base.forgetting_table_path is None and "## Forgetting" not in markdown(base)
+    summary = {  # as monitoring.shadow_report.shadow_summary gives one version pair
+        "champion_version": 1, "challenger_version": 2, "images": 4, "agreement": 0.75,
+        "dropped": 3, "first": datetime(2026, 12, 3, 8, 0, tzinfo=UTC),
+        "last": datetime(2026, 12, 3, 9, 30, tzinfo=UTC),
+        "classes": [{"emotion": "(no face)", "images": 1, "agreement": 1.0,
+                     "champion_confidence": None, "challenger_confidence": None},
+                    {"emotion": "happy", "images": 3, "agreement": 2 / 3,
+                     "champion_confidence": 0.8, "challenger_confidence": 0.7}],
+    }  # fmt: skip
+    shown = markdown(base.model_copy(update={"shadow": GateResult.Shadow.model_validate(summary)}))
+    assert "## Shadow scoring on live traffic (information, not a rule)" in shown
+    assert ("4 live images answered by champion v1 and challenger v2 in shadow, from "
+            "2026-12-03 08:00:00 to 2026-12-03 09:30:00 UTC: the challenger gave the champion's "
+            "class on 75% of them; 3 sampled images dropped") in shown  # fmt: skip
+    assert (
+        "| happy | 3 | 67% | 0.800 | 0.700 |" in shown
+        and "| (no face) | 1 | 100% | - | - |" in shown
+    )
+    assert not any("shadow" in c.rule for c in checks)
+    # no champion: no comparison to show, and no line about it
+    first = base.model_copy(update={"champion": None})
+    assert "Shadow" not in markdown(first)
+
+
+def test_earlier_revisions_give_the_test_images_they_added_as_the_new_one_holds_them(
+    tmp_path: Path, make_settings
+):
+    """r1, r2 and r3 each add a batch; r4 takes r1's out again. From r4, r3 and r2 give their
+    own test images (linked, labels too), r1 none any more; `limit` keeps the newest."""
+    from ml import data_batches, data_registry
+    from ml.gate import earlier_test_splits
+
+    settings = make_settings(tmp_path / "home")
+    for number, test in ((1, 3), (2, 2), (3, 4)):
+        sample_data.generate(tmp_path / f"b{number}" / "YOLO_format", train=2, valid=1,
+                             test=test, seed=number, prefix=f"b{number}x")  # fmt: skip
+        data_batches.add_batch(settings, tmp_path / f"b{number}", f"batch {number}")
+    data_batches.remove(settings, "bad labels", batch="r1")
+    r4 = data_registry.pull(settings, "r4")
+
+    splits = earlier_test_splits(settings, r4, r4, None, tmp_path / "out")
+    assert [s.revision for s in splits] == ["r3", "r2"]
+    r3, r2 = (sorted(p.name for p in list_images(s.path / "test" / "images")) for s in splits)
+    assert r3 == [f"b3x3_test_{i:06d}.png" for i in range(4)]
+    assert r2 == [f"b2x2_test_{i:06d}.png" for i in range(2)]
+    label = splits[0].path / "test" / "labels" / "b3x3_test_000000.txt"
+    assert label.read_text() == (r4.path / "test" / "labels" / label.name).read_text()
+    assert splits[0].digest == data_registry.revision(settings, "r3").digest
+    newest = earlier_test_splits(settings, r4, r4, 1, tmp_path / "out")
+    assert [s.revision for s in newest] == ["r3"]
+    # the frozen test set r1 is r1's own batch: not scored twice
+    r2_ref = data_registry.pull(settings, "r2")
+    r1_ref = data_registry.pull(settings, "r1")
+    assert earlier_test_splits(settings, r2_ref, r1_ref, None, tmp_path / "out2") == []
