@@ -144,11 +144,21 @@ class ValidateParams(_Section):
         return value
 
 
+ARCHITECTURES = tuple(
+    f"{family}{scale}.yaml" for family in ("yolov8", "yolo26") for scale in "nsmlx"
+)
+"""The YAML architectures `train.model` may name: ultralytics' YOLOv8 and YOLO26 detection
+models at each scale (n, s, m, l, x), which emoflow trains, exports, gates and serves the same
+way (docs/architectures.md). The other YAMLs ultralytics ships are other tasks (-seg, -pose,
+-cls, -obb) or variants (p2, p6, ghost) that emoflow has not tried."""
+
+
 class TrainParams(_Section):
     model: str = Field(
         "yolov8n.yaml",
-        description="A YAML architecture ultralytics ships (yolov8n.yaml) or a path to weights "
-        "(.pt) you provide; nothing is ever downloaded.",
+        description="A YAML architecture ultralytics ships (yolov8n.yaml, yolo26n.yaml; the "
+        "scales n, s, m, l, x of each) or a path to weights (.pt) you provide; nothing is ever "
+        "downloaded.",
     )
     imgsz: Annotated[int, Field(ge=32)] | Literal["auto"] = Field(
         "auto",
@@ -203,6 +213,16 @@ class TrainParams(_Section):
     finetune_warmup_epochs: float = Field(
         1.0, ge=0, description="Warm-up epochs of a warm start (learning rate ramps from 0)."
     )
+
+    @field_validator("model")
+    @classmethod
+    def _known_architecture(cls, value: str) -> str:
+        if value.endswith((".yaml", ".yml")) and value not in ARCHITECTURES:
+            raise ValueError(
+                f"{value!r} is not an architecture emoflow trains; one of "
+                f"{', '.join(ARCHITECTURES)}, or a path to .pt weights"
+            )
+        return value
 
 
 class GateParams(_Section):

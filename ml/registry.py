@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous", "challenger"
 ANY = "any"
 """`promote(..., if_champion=ANY)`: move the alias whichever version holds it now."""
+ARCHITECTURE_TAG = "architecture"
+"""Run param and version tag: the architecture trained (`ml.yolo.architecture`: yolov8n, ...)."""
 
 
 class RegistryError(RuntimeError):
@@ -112,6 +114,9 @@ def register(
         **lineage,
         **{f"val_{k}": f"{v:.4f}" for k, v in train.metrics.items()},
     }
+    trained = mlflow_client.get_run(train.run_id).data.params.get(ARCHITECTURE_TAG)
+    if trained is not None:  # runs from before emoflow logged it have none
+        tags[ARCHITECTURE_TAG] = trained
     try:
         mlflow_client.create_registered_model(name)
     except MlflowException as exc:

@@ -1,8 +1,10 @@
-"""Training: ultralytics YOLOv8 on a pulled data revision, tracked in one MLflow run.
+"""Training: an ultralytics detector (YOLOv8, or YOLO26: `train.model`, docs/architectures.md)
+on a pulled data revision, tracked in one MLflow run.
 
 emoflow owns MLflow logging (ultralytics' own callback is off, see `ml.yolo`). One run holds
 the params (and the image size used), per-epoch metrics, MLflow system metrics, the dataset as
-an input named by revision and digest, lineage tags, energy and its cost, the weights and their
+an input named by revision and digest, the architecture trained (param `architecture`, also a
+tag of the registered version), lineage tags, energy and its cost, the weights and their
 ONNX export, the results table, per-class metrics and the validation plots (confusion matrix,
 precision/recall curves). A run is found again by its tags: training the same data digest with
 the same params and code returns the earlier run instead of training a second time (unless
@@ -14,11 +16,12 @@ that host) finds it by its owner tag and resumes it from its last checkpoint, in
 one run, one model version, no epoch trained twice.
 
 Continual training (params `train.init`, `train.data`, `train.balance`): a warm start begins
-from the champion's weights, at its image size, with the fine-tuning schedule; replay trains on
-what came in since the champion's revision plus a class-balanced sample of the earlier images
-(`ml.replay`). The champion such a run builds on is its parent: tags `parent_version` and
-`parent_run` (part of the run's identity), so `ml.lineage.chain` walks the versions back. With
-no champion yet, the run trains from scratch on the cumulative data and says so.
+from the champion's weights, in its architecture (whatever `train.model` says) and at its image
+size, with the fine-tuning schedule; replay trains on what came in since the champion's
+revision plus a class-balanced sample of the earlier images (`ml.replay`). The champion such a
+run builds on is its parent: tags `parent_version` and `parent_run` (part of the run's
+identity), so `ml.lineage.chain` walks the versions back. With no champion yet, the run trains
+from scratch on the cumulative data and says so.
 """
 
 from __future__ import annotations
@@ -385,6 +388,8 @@ def train(
             listing = _train_list(params, dataset, parent, settings, out_dir / run.info.run_id)
             data_yaml = listing.data_yaml
         model = ultralytics.YOLO(str(checkpoint) if orphan else start_from)
+        # what is trained: `model` for a scratch run, the weights' own for a warm start or resume
+        mlflow.log_param(registry.ARCHITECTURE_TAG, yolo.architecture(model))
         model.add_callback("on_fit_epoch_end", log_epoch)
         with EnergyMeter(price_per_kwh=settings.energy_price_per_kwh) as meter:
             if orphan is not None:  # its own arguments, from the checkpoint

@@ -1,6 +1,7 @@
 """The served model: load the champion's ONNX export and turn images into faces.
 
-Pre- and post-processing follow ultralytics' own predictor for YOLOv8 detection exports:
+Pre- and post-processing follow ultralytics' own predictor for YOLOv8 and YOLO26 detection
+exports (YOLO26's default export, not its NMS-free head: `ml.yolo.export_onnx`):
 letterbox (`ml.dataset_format.letterbox`: cv2 bilinear resize, centred padding of value 114),
 RGB, /255, NCHW float32 (`ml.dataset_format.to_tensor`); the output (1, 4 + nc, N) holds xywh
 boxes in input pixels and per-class scores; best class per box, confidence threshold, per-class
@@ -198,7 +199,7 @@ def merge_views(boxes: np.ndarray, confidences: np.ndarray, iou: float) -> np.nd
 
 
 class Detector:
-    """A YOLOv8 detection export: ONNX Runtime (CPU, or CUDA with onnxruntime-gpu), or, given
+    """A YOLOv8 or YOLO26 detection export: ONNX Runtime (CPU, or CUDA with onnxruntime-gpu), or, given
     the PyTorch `weights` and a `device`, torch on that device."""
 
     def __init__(
