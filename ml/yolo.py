@@ -6,6 +6,7 @@ Import ultralytics only through `load()`: the environment must be set before its
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -20,7 +21,13 @@ def load(config_dir: Path) -> ModuleType:
     os.environ.setdefault("YOLO_CONFIG_DIR", str(config_dir))
     os.environ["YOLO_OFFLINE"] = "true"
     os.environ["YOLO_AUTOINSTALL"] = "false"
+    # ultralytics' first import sets OMP_NUM_THREADS to 1 where it is unset, which would then
+    # read here as the user's choice (and reach every process this one starts): take it back.
+    unset = "ultralytics" not in sys.modules and "OMP_NUM_THREADS" not in os.environ
     import ultralytics
+
+    if unset:
+        os.environ.pop("OMP_NUM_THREADS", None)
     from PIL import Image
     from ultralytics.utils import patches
 

@@ -50,3 +50,23 @@ def test_cpu_training_uses_every_core_or_omp_num_threads(omp_threads, tmp_path, 
         assert torch.get_num_threads() == int(omp_threads or os.cpu_count())
     finally:
         torch.set_num_threads(before)  # the rest of this process keeps its threads
+
+
+def test_a_first_load_with_omp_num_threads_unset_keeps_every_core(tmp_path):
+    """ultralytics' first import sets OMP_NUM_THREADS=1 where it is unset; in a fresh
+    interpreter (this one has imported it already) the training still gets every core, and
+    the variable is not left behind for the processes it starts."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys; from pathlib import Path; from ml import yolo\n"
+        f"yolo.load(Path({str(tmp_path)!r}))\n"
+        "from ultralytics.utils import torch_utils\n"
+        "print(torch_utils.NUM_THREADS, os.environ.get('OMP_NUM_THREADS'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300, check=True)  # fmt: skip
+    assert done.stdout.split()[-2:] == [str(os.cpu_count()), "None"], done.stdout
