@@ -76,12 +76,13 @@ def export_batch(
             boxes = boxes_of(row)
             for kind in ("images", "labels"):
                 (tmp / split / kind).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(images.path(key), tmp / split / "images" / f"{key}.png")
+            stored = images.path(key)
+            shutil.copyfile(stored, tmp / split / "images" / stored.name)
             lines = "".join(
                 f"{c} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n" for (c, cx, cy, w, h), _ in boxes
             )
             (tmp / split / "labels" / f"{key}.txt").write_text(lines)
-            image = f"{split}/images/{key}.png"
+            image = f"{split}/images/{stored.name}"
             model = f"v{model_version}"
             tasks.append(label_studio.task(image, split, row["width"], row["height"], boxes, model))
             splits[split] += 1

@@ -50,11 +50,36 @@ def logged(tmp_path: Path):
     return read_predictions(uri), store, answers
 
 
-def test_the_log_keeps_each_answered_image_under_its_key(logged):
-    frame, store, _ = logged
+def test_the_log_keeps_each_answered_image_under_its_key_as_jpeg(logged):
+    """Each answered image is kept as a JPEG (cheap to encode on the service's cores), close to
+    the image answered."""
+    frame, store, answers = logged
     assert frame["image_key"].notna().all() and frame["image_key"].is_unique
-    first = store.load(frame["image_key"].iloc[0])
-    assert first is not None and first.shape[2] == 3
+    key = frame["image_key"].iloc[0]
+    assert store.path(key).suffix == ".jpg"
+    assert store.path(key).read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG's start of image
+    first = store.load(key)
+    assert first is not None and first.shape == (answers[0]["height"], answers[0]["width"], 3)
+    assert sorted(p.suffix for p in store.folder.iterdir()) == [".jpg"] * len(frame)
+
+
+def test_an_older_stores_png_images_are_still_found_exported_and_pruned(logged, tmp_path):
+    """A store written by an emoflow that kept PNGs: its images stay usable beside the JPEGs."""
+    import cv2
+
+    frame, store, _ = logged
+    key = frame["image_key"].iloc[0]
+    image = store.load(key)
+    store.path(key).unlink()
+    cv2.imwrite(str(store.folder / f"{key}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    assert store.path(key).name == f"{key}.png"
+    assert np.array_equal(store.load(key), image)
+
+    batch = export_batch(frame, store, tmp_path / "b", LabellingParams(max_images=50), 4)
+    exported = {p.name for p in batch.path.glob("*/images/*")}
+    assert f"{key}.png" in exported and len(exported) == len(frame)
+    assert store.prune(keep=0, max_age_days=None) == len(frame)
+    assert list(store.folder.iterdir()) == []
 
 
 def test_a_batch_holds_the_least_sure_answers_first_with_them_as_labels(logged, tmp_path):
@@ -73,7 +98,7 @@ def test_a_batch_holds_the_least_sure_answers_first_with_them_as_labels(logged, 
         split = split_of(key, params)
         assert item["data"]["split"] == split
         label = (batch.path / split / "labels" / f"{key}.txt").read_text()
-        assert (batch.path / split / "images" / f"{key}.png").is_file()
+        assert (batch.path / split / "images" / f"{key}.jpg").is_file()
         index = frame.index[frame["image_key"] == key][0]
         emotion = answers[index]["emotion"]
         if emotion is None:
@@ -98,12 +123,12 @@ def test_pruned_images_are_left_out_of_a_batch(logged, tmp_path):
     os.utime(store.path(keys[0]), (old, old))
     assert store.prune(keep=100, max_age_days=14) == 1  # by age
     assert store.prune(keep=7, max_age_days=None) == 2  # by count: the oldest go
-    left = {p.stem for p in store.folder.glob("*.png")}
+    left = {p.stem for p in store.folder.glob("*.jpg")}
     assert len(left) == 7 and keys[0] not in left
 
     batch = export_batch(frame, store, tmp_path / "b", LabellingParams(max_images=50), 4)
     assert batch.images == 7
-    assert {p.stem for p in batch.path.glob("*/images/*.png")} == left
+    assert {p.stem for p in batch.path.glob("*/images/*.jpg")} == left
 
 
 def test_a_label_studio_export_of_the_batch_comes_back_as_a_canonical_batch(logged, tmp_path):
