@@ -7,6 +7,9 @@ params) sees the drift and sends the alarm event; `emotion_labelling` exports th
 faces; the test labels them with the generator's ground truth (the test is the labeller, and
 says so) and records them with `emoflow data add-batch`; that revision's event runs
 `emotion_ct`, whose gate promotes the challenger; the service answers with the new version.
+Both cycles run with `train.init: champion` and `train.data: replay`: the first, with no
+champion yet, trains from scratch; the second starts from v1's weights and learns from the
+labelled faces plus a class-balanced sample of r1's (the lineage and the sample are checked).
 
 The gate is permissive here (no floors, no improvement bound) and the models are tiny (48
 images, 3 epochs: they learn next to nothing): this test is about the loop closing, not about
@@ -16,10 +19,11 @@ stream before and after the turn is printed (run with -s), as a record, not as a
 
 from __future__ import annotations
 
-import hashlib
+import csv
 import io
 import subprocess
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,18 +35,22 @@ from PIL import Image
 
 from emoflow import runs, services
 from emoflow.airflow_api import LIVE_DRIFT_ASSET, AirflowApi
-from ml import registry
+from ml import data_registry, registry
 from ml.config import EMOTIONS, PROJECT_ROOT
+from ml.replay import image_class
 from ml.sample_data import Shift, generate
+from monitoring.face_store import SUFFIXES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 LOOP_PARAMS = {
     "schedule": {"fallback_cron": None, "monitor_cron": "* * * * *"},
     "sample": {"seed": 0, "train": 48, "valid": 16, "test": 16},
-    "train": {"epochs": 3, "imgsz": 64, "batch": 16, "workers": 0},
+    "train": {"epochs": 3, "imgsz": 64, "batch": 16, "workers": 0,
+              "init": "champion", "data": "replay", "replay_size": 24},
     "gate": {"min_map50": 0.0, "min_map50_95": 0.0, "min_improvement": -1.0,
-             "max_recall_regression": 1.0, "max_latency_ms": None},
+             "max_recall_regression": 1.0, "max_latency_ms": None,
+             "max_forgetting_map50": 1.0, "max_forgetting_recall": 1.0},
     "drift": {"min_live_rows": 20, "max_rows": 100, "share_threshold": 0.3},
     "labelling": {"max_images": 100, "valid_share": 0.2, "test_share": 0.2},
 }  # fmt: skip
@@ -58,10 +66,23 @@ def emoflow(env: dict, *args: str) -> str:
     return result.stdout
 
 
-def pixels(data: bytes) -> str:
-    """A digest of an image's decoded pixels: the service stores what it decoded, not bytes."""
+def pixels(data: bytes) -> np.ndarray:
+    """An image's decoded RGB pixels, as float."""
     with Image.open(io.BytesIO(data)) as image:
-        return hashlib.sha1(np.asarray(image.convert("RGB")).tobytes()).hexdigest()
+        return np.asarray(image.convert("RGB"), dtype=np.float32)
+
+
+def true_label(stored: bytes, stream: list[tuple[bytes, str]]) -> str:
+    """The label of the stream image an exported one was stored from: the nearest in pixels
+    (the service stores what it decoded, as JPEG, so not byte for byte)."""
+    found = pixels(stored)
+    errors = [
+        np.abs(pixels(data) - found).mean() if pixels(data).shape == found.shape else np.inf
+        for data, _ in stream
+    ]
+    best = int(np.argmin(errors))
+    assert errors[best] < 8, f"no streamed image looks like this one (mean error {errors[best]})"
+    return stream[best][1]
 
 
 def shifted_stream(root: Path) -> list[tuple[bytes, str]]:
@@ -91,6 +112,48 @@ def wait_until(what: str, check, timeout: float, poll: float = 3.0):
     return found
 
 
+def check_replay(settings, tmp_path: Path, new: int) -> None:
+    """v2's training list (its MLflow run's data/train_list.txt): every one of the `new` train
+    images r2 added, and `replay_size` of r1's, as evenly spread over the emotions as r1 has
+    them (a class short of its share gives all it has)."""
+    client = registry.client(settings)
+    trained = client.get_run(client.get_model_version(settings.model_name, "2").run_id)
+    listed = client.download_artifacts(trained.info.run_id, "data/train_list.txt", str(tmp_path))
+    names = Path(listed).read_text().split()
+    r1 = {path.name: image_class(path)
+          for path in (data_registry.pull(settings, "r1").path / "train" / "images").iterdir()}  # fmt: skip
+    earlier = Counter(r1[name] for name in names if name in r1)
+    size = LOOP_PARAMS["train"]["replay_size"]
+    assert sum(earlier.values()) == size == int(trained.data.params["replay_earlier_images"])
+    assert len(names) - size == new == int(trained.data.params["replay_new_images"])
+    available = Counter(r1.values())
+    most = max(earlier.values())
+    short = {c: earlier[c] for c in available if earlier[c] < min(available[c], most - 1)}
+    assert not short, (earlier, available)
+
+
+def check_forgetting_table(settings, api: AirflowApi, run_id: str, tmp_path: Path) -> None:
+    """r2's gate also scored v1 and v2 on the test images r1 added (forgetting), and wrote the
+    revision x class table to the report and to MLflow (gate/forgetting-v2.csv, metrics)."""
+    gate = api._request(
+        "GET", f"/api/v2/dags/{runs.DAG_ID}/dagRuns/{run_id}/taskInstances/gate/"
+        "xcomEntries/return_value",
+    )["value"]  # fmt: skip
+    (earlier,) = gate["forgetting"]
+    r1_test = len(list((data_registry.pull(settings, "r1").path / "test" / "images").iterdir()))
+    assert earlier["revision"] == "r1" and earlier["challenger"]["images"] == r1_test
+    assert earlier["champion"]["version"] == 1 and earlier["challenger"]["version"] == 2
+    client = registry.client(settings)
+    run_id_v2 = client.get_model_version(settings.model_name, "2").run_id
+    table = client.download_artifacts(run_id_v2, "gate/forgetting-v2.csv", str(tmp_path))
+    rows = list(csv.DictReader(Path(table).open()))
+    r1_rows = {(row["metric"], row["class"]) for row in rows if row["revision"] == "r1"}
+    assert ("map50", "") in r1_rows and {("recall", e) for e in EMOTIONS} & r1_rows
+    metrics = client.get_run(run_id_v2).data.metrics
+    drop = earlier["champion"]["map50"] - earlier["challenger"]["map50"]
+    assert metrics["forgetting/r1/map50_drop"] == pytest.approx(drop, abs=1e-4)
+
+
 def test_drift_labelling_and_retraining_close_the_loop(tmp_path, make_settings):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(LOOP_PARAMS))
@@ -110,7 +173,6 @@ def test_drift_labelling_and_retraining_close_the_loop(tmp_path, make_settings):
         services.start(services.bento_service(settings), settings, timeout=300)
 
         stream = shifted_stream(tmp_path / "shifted")
-        truth = {pixels(data): label for data, label in stream}
         before, versions = accuracy(settings.service_url, stream)
         assert versions == {1}
 
@@ -130,13 +192,13 @@ def test_drift_labelling_and_retraining_close_the_loop(tmp_path, make_settings):
             "xcomEntries/return_value",
         )["value"]  # fmt: skip
         batch = Path(xcom["path"])
-        images = sorted(batch.glob("*/images/*.png"))
+        images = sorted(path for path in batch.glob("*/images/*") if path.suffix in SUFFIXES)
         assert xcom["images"] == len(images) > 0 and (batch / "tasks.json").is_file()
 
         # the labeller: this test, with the generator's ground truth for each exported face
         for image in images:
             label = image.parent.parent / "labels" / f"{image.stem}.txt"
-            label.write_text(truth[pixels(image.read_bytes())])
+            label.write_text(true_label(image.read_bytes(), stream))
         since = datetime.now(UTC)
         added = emoflow(env, "data", "add-batch", "--from", str(batch), "--note", "labelled")
         assert "r2" in added and "emotion_ct will run" in added
@@ -151,6 +213,16 @@ def test_drift_labelling_and_retraining_close_the_loop(tmp_path, make_settings):
         assert versions == {2}
         print(f"\nshifted stream accuracy: v1 {before:.3f} -> v2 {after:.3f} "
               f"({len(stream)} faces, {len(images)} labelled)")  # fmt: skip
+
+        # Both cycles ran with `init: champion, data: replay`. The first had no champion, so
+        # it trained from scratch on everything; the second started from v1's weights and
+        # learnt from the new faces and a class-balanced sample of r1's.
+        lineage = emoflow(env, "model", "lineage").splitlines()
+        assert [line.split()[:2] for line in lineage] == [["v2", "r2"], ["v1", "r1"]], lineage
+        assert "from weights of v1, replay data since v1's revision" in lineage[0]
+        assert "from scratch, cumulative data" in lineage[1]
+        check_replay(settings, tmp_path, new=len(list((batch / "train" / "images").iterdir())))
+        check_forgetting_table(settings, api, run["dag_run_id"], tmp_path)
     finally:
         services.stop(settings, "service")
         services.stop_airflow(settings)
