@@ -11,7 +11,8 @@ against champion on the same test split, writes an Evidently drift report, and m
 `emoflow/steps.py`.
 
 **Params** (Trigger DAG w/ config): `revision` (a tag such as `r3`, or `latest`), and optional
-`epochs` / `imgsz` / `approval` to override `params.yaml` for this run only. With
+`epochs` / `imgsz` / `init` / `data` / `balance` (the continual-training knobs of the `train`
+section) / `approval` to override `params.yaml` for this run only. With
 `gate.approval: human` a passing challenger waits in `approve` (Airflow's required actions)
 for a person to approve or reject it.
 """
@@ -51,10 +52,33 @@ DEFAULT_ARGS = {"retries": 1, "retry_delay": pendulum.duration(seconds=30)}
             enum=[None, "auto", "human"],
             description="Override gate.approval: human = a person approves the promotion.",
         ),  # fmt: skip
+        "init": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, "scratch", "champion"],
+            description="Override train.init: scratch = from the architecture; champion = from "
+            "the champion's weights (fine-tuning schedule).",
+        ),  # fmt: skip
+        "data": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, "cumulative", "replay"],
+            description="Override train.data: cumulative = every train image; replay = the new "
+            "images plus a class-balanced sample of earlier ones (train.replay_size).",
+        ),  # fmt: skip
+        "balance": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, "none", "sample"],
+            description="Override train.balance: sample = list rare-class images more often.",
+        ),  # fmt: skip
     },
 )
 def emotion_ct():
-    overrides = {"epochs": "{{ params.epochs }}", "imgsz": "{{ params.imgsz }}"}
+    overrides = {
+        "epochs": "{{ params.epochs }}", "imgsz": "{{ params.imgsz }}",
+        "init": "{{ params.init }}", "data": "{{ params.data }}", "balance": "{{ params.balance }}",
+    }  # fmt: skip
 
     @task
     def pull(**context) -> dict:

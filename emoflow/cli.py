@@ -7,6 +7,7 @@ wrong (exit code 2), never a stack trace.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -31,9 +32,11 @@ def _print_record(record) -> None:
 # ---------------------------------------------------------------- data
 
 
-def _sample_batch(settings: Settings, args: argparse.Namespace, name: str) -> Path:
+def _sample_batch(settings: Settings, args: argparse.Namespace) -> Path:
     """Generate a sample batch (sizes and class mix from params.yaml unless given) under
-    <home>/batches."""
+    <home>/batches, in a folder named by its seed and a digest of every generation parameter
+    (sizes, seed, shift, class mix): the same arguments find the batch made before, any other
+    size, shift or mix makes a new one."""
     from ml.params import class_weights
     from ml.sample_data import Shift, generate
 
@@ -42,18 +45,16 @@ def _sample_batch(settings: Settings, args: argparse.Namespace, name: str) -> Pa
         weights = class_weights(args.class_mix or sizes.class_mix)
     except ValueError as exc:
         raise ValueError(f"--class-mix: {exc}") from None
-    out = settings.home / "batches" / name
+    seed = args.seed if args.seed is not None else sizes.seed
+    shift = Shift(brightness=args.brightness, contrast=args.contrast,
+                  face_scale=args.face_scale, class_weights=weights)  # fmt: skip
+    spec = dict(train=args.train or sizes.train, valid=args.valid or sizes.valid,
+                test=args.test or sizes.test, seed=seed, prefix="s")  # fmt: skip
+    text = json.dumps({**spec, "shift": shift.model_dump()}, sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    out = settings.home / "batches" / f"sample-{seed}-{digest}"
     if not (out / "data.yaml").exists():
-        generate(
-            out,
-            train=args.train or sizes.train,
-            valid=args.valid or sizes.valid,
-            test=args.test or sizes.test,
-            seed=args.seed if args.seed is not None else sizes.seed,
-            shift=Shift(brightness=args.brightness, contrast=args.contrast,
-                        face_scale=args.face_scale, class_weights=weights),
-            prefix="s",
-        )  # fmt: skip
+        generate(out, shift=shift, **spec)
     return out
 
 
@@ -72,7 +73,7 @@ def _batch_source(args: argparse.Namespace, settings: Settings) -> tuple[Path, s
         f"contrast={args.contrast} face_scale={args.face_scale}"
         + (f" class_mix={args.class_mix}" if args.class_mix else "")
     )
-    return _sample_batch(settings, args, f"sample-{seed}"), note
+    return _sample_batch(settings, args), note
 
 
 def _validation(settings: Settings) -> data_batches.Check:

@@ -87,3 +87,33 @@ def test_running_an_unknown_revision_fails_before_airflow_starts(tmp_path, make_
         result.stderr
     )
     assert not (settings.home / "airflow").exists()
+
+
+def test_a_sample_batch_with_another_mix_or_shift_is_drawn_anew_not_reused(tmp_path, make_settings):
+    """Same seed, other class mix or shift: new images; the very same arguments: the same
+    folder again (nothing drawn twice)."""
+    from emoflow.cli import _sample_batch, build_parser
+
+    settings = make_settings(tmp_path / "home")
+    sizes = ["--seed", "3", "--train", "6", "--valid", "2", "--test", "2"]
+    only_happy = "anger=0,contempt=0,disgust=0,fear=0,neutral=0,sad=0,surprise=0"
+
+    def batch(*options: str):
+        args = build_parser().parse_args(["data", "add-batch", "--sample", *sizes, *options])
+        return _sample_batch(settings, args)
+
+    def classes(folder) -> set[str]:
+        labels = (folder / "train" / "labels").iterdir()
+        return {label.read_text().split()[0] for label in labels}
+
+    uniform = batch("--class-mix", "uniform")
+    happy = batch("--class-mix", only_happy)
+    brighter = batch("--class-mix", only_happy, "--brightness", "0.3")
+    assert len({uniform, happy, brighter}) == 3
+    assert len(classes(uniform)) > 1 and classes(happy) == classes(brighter) == {"4"}
+    image = "train/images/s3_train_000000.png"
+    assert (happy / image).read_bytes() != (brighter / image).read_bytes()
+    assert batch("--class-mix", only_happy) == happy
+    assert sorted(p.name for p in (settings.home / "batches").iterdir()) == sorted(
+        p.name for p in (uniform, happy, brighter)
+    )

@@ -4,6 +4,7 @@ nothing heavy loaded."""
 import json
 import subprocess
 import sys
+import typing
 
 import pytest
 
@@ -24,6 +25,14 @@ print(json.dumps({
     "upstream": {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks},
     "train": {"queue": dag.get_task("train").queue, "pool": dag.get_task("train").pool},
     "params": sorted(dag.params.keys()),
+    "enums": {k: dag.params.get_param(k).schema.get("enum") for k in ("init", "data", "balance")},
+    "overrides": {
+        task: [dag.get_task(task).render_template(dag.get_task(task).op_args[-1],
+                                                  {"params": {**dag.params, **conf}},
+                                                  dag.get_template_env())
+               for conf in ({}, {"init": "champion", "data": "replay", "balance": "sample"})]
+        for task in ("train", "register", "gate")
+    },
     "links": {t.task_id: [link.name for link in t.operator_extra_links] for t in dag.tasks},
     "catchup": dag.catchup, "tags": sorted(dag.tags), "doc": bool(dag.doc_md),
     "timetable": type(dag.timetable).__name__, "timetable_text": dag.timetable.timetable.expression,
@@ -72,7 +81,9 @@ def test_emotion_ct_parses_wires_the_steps_in_order_and_imports_nothing_heavy(pa
     assert parsed["upstream"]["approve"] == ["drift"]
     assert parsed["upstream"]["promote"] == ["approve", "drift", "gate", "register"]
     assert parsed["train"] == {"queue": "gpu", "pool": "gpu"}
-    assert parsed["params"] == ["approval", "epochs", "imgsz", "revision"]
+    assert parsed["params"] == [
+        "approval", "balance", "data", "epochs", "imgsz", "init", "revision",
+    ]  # fmt: skip
     assert parsed["catchup"] is False and "emoflow" in parsed["tags"] and parsed["doc"]
     # new data revisions (asset events) or the time fallback of params.yaml, whichever first
     assert parsed["timetable"] == "AssetOrTimeSchedule"
@@ -138,3 +149,25 @@ def test_emotion_labelling_runs_on_the_live_drift_alarm(parsed):
     assert labelling["tasks"] == ["export"]
     assert labelling["timetable"] == "AssetTriggeredTimetable"
     assert labelling["asset"] == ["emoflow-live-drift"] == labelling["alarm_outlets"]
+
+
+def test_a_manual_run_sets_the_continual_training_knobs_and_null_keeps_params_yaml(
+    parsed, tmp_path, make_settings
+):
+    """`init`, `data` and `balance` offer exactly TrainParams' choices, and reach the train,
+    register and gate steps' params as the run's conf sets them (None: params.yaml's)."""
+    from emoflow.steps import _resolve
+    from ml.params import TrainParams
+
+    for knob in ("init", "data", "balance"):
+        choices = list(typing.get_args(TrainParams.model_fields[knob].annotation))
+        assert parsed["enums"][knob] == [None, *choices]
+    settings = make_settings(tmp_path)
+    from_file = _resolve(settings, None)[1].train
+    for task, (default, manual) in parsed["overrides"].items():
+        assert default == dict.fromkeys(("epochs", "imgsz", "init", "data", "balance")), task
+        assert manual == {**default, "init": "champion", "data": "replay", "balance": "sample"}
+        assert _resolve(settings, None, default)[1].train == from_file
+        train = _resolve(settings, None, manual)[1].train
+        assert (train.init, train.data, train.balance) == ("champion", "replay", "sample")
+        assert train.epochs == from_file.epochs
