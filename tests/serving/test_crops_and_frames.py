@@ -29,7 +29,7 @@ from ml.sample_data import Shift, compose_frame, generate
 from ml.train import train
 from serving.model import Detector
 
-pytestmark = pytest.mark.slow  # trains a model for 12 epochs (left out by make test-fast)
+pytestmark = pytest.mark.slow  # trains a model for 16 epochs (left out by make test-fast)
 
 BATCHES = {"crop": 1.0, "mid": 0.6, "far": 0.4}  # file-name prefix -> face scale in the crop
 FRAMES, FACES_PER_FRAME = 12, 4
@@ -57,7 +57,7 @@ def trained(
                  shift=Shift(face_scale=scale))  # fmt: skip
         data_batches.add_batch(settings, batch, f"sample faces at scale {scale}")
     dataset = data_registry.pull(settings)
-    params = TrainParams(epochs=12, imgsz=96, batch=32, workers=0, patience=12)
+    params = TrainParams(epochs=16, imgsz=96, batch=32, workers=0, patience=16)
     result = train(params, dataset, settings.runs_dir, settings, {"source": "frames test"})
     ref = registry.register(result, dataset, {"source": "frames test"}, settings)
     registry.promote(settings, ref.version, reason="frames test")
@@ -87,7 +87,7 @@ def test_crops(trained, service_url: str) -> None:
         if answer["faces"] and iou(answer["faces"][0]["box"], truth) > 0.5:
             found += 1
             right += answer["emotion"] == EMOTIONS[int(class_id)]
-    assert found >= 0.75 * len(crops)  # the 12-epoch model misses a few at confidence 0.25
+    assert found >= 0.75 * len(crops)  # 16 epochs: 38 of 40 on a Xeon (12 epochs: 29 there)
     assert right >= 0.3 * len(crops)  # chance is 1 in 8
 
 
