@@ -1,8 +1,8 @@
 """The images the service answered, kept for labelling: one JPEG (quality `JPEG_QUALITY`) per
 prediction, named by the `image_key` of its prediction-log row. JPEG, not PNG: the prediction
 log's writer encodes every answered image, on the same cores as the requests, and a 640 x 480
-frame costs about 0.7 ms as JPEG against 6 ms (and six times the bytes) as PNG. A store written
-by an older emoflow holds PNGs: they are still found, exported and pruned.
+frame costs about a tenth of the time (and bytes) as JPEG (bench/face_store_save.py). A store
+written by an older emoflow holds PNGs: they are still found, exported and pruned.
 
 Bounded: `prune` keeps the newest `keep` images and none older than `max_age_days` (params
 `labelling.keep_images`, `labelling.image_retention_days`; the `monitor` step prunes every
