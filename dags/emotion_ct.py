@@ -44,7 +44,12 @@ DEFAULT_ARGS = {"retries": 1, "retry_delay": pendulum.duration(seconds=30)}
             type="string",
             description="Data revision tag; 'latest' = the newest when the run was created.",
         ),  # fmt: skip
-        "epochs": Param(None, type=["null", "integer"], minimum=1, description="Override epochs."),
+        "epochs": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            description="Override epochs (and finetune_epochs).",
+        ),
         "imgsz": Param(None, type=["null", "integer"], minimum=32, description="Override imgsz."),
         "approval": Param(
             None,

@@ -57,9 +57,12 @@ def _resolve(
     settings: Settings | None, params: Params | None, overrides: dict | None = None
 ) -> tuple[Settings, Params]:
     """The settings and params a step runs with: the given ones, else the environment's and
-    params.yaml's, with a manual run's `train` overrides on top (None values keep the file's)."""
+    params.yaml's, with a manual run's `train` overrides on top (None values keep the file's;
+    `epochs` sets `finetune_epochs` as well)."""
     settings = settings or Settings()  # the environment and .env, as in an Airflow task
     train = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if "epochs" in train:  # a run's epochs are a warm start's too
+        train["finetune_epochs"] = train["epochs"]
     if params is None:
         return settings, load_params(settings.params_file, overrides={"train": train})
     if not train:

@@ -197,6 +197,12 @@ class TrainParams(_Section):
     balance_max_repeat: float = Field(
         4.0, ge=1, description="Most times one image is listed when balancing."
     )
+    finetune_epochs: int | None = Field(
+        None,
+        ge=1,
+        description="Epochs of a warm start (it starts from the champion's weights, so fewer "
+        "than from scratch may do); None = `epochs`.",
+    )
     finetune_optimizer: Literal["SGD", "Adam", "AdamW", "NAdam", "RAdam", "RMSProp"] = Field(
         "AdamW", description="Optimizer of a warm start (scratch runs use ultralytics' auto)."
     )

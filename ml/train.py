@@ -346,9 +346,11 @@ def train(
         tags={**({} if orphan else run_tags), OWNER_TAG: owner()},
         log_system_metrics=True,
     ) as run:
+        epochs = (params.finetune_epochs or params.epochs) if warm else params.epochs
         if orphan is None:
             mlflow.log_params({
                 **params.model_dump(), "device_used": device, "imgsz_used": imgsz,
+                "epochs_used": epochs,
                 "init_used": "champion" if warm else "scratch",
                 "data_used": params.data if parent else "cumulative",
             })  # fmt: skip
@@ -398,7 +400,7 @@ def train(
                 model.train(
                     data=str(data_yaml),
                     imgsz=imgsz,
-                    epochs=params.epochs,
+                    epochs=epochs,
                     batch=params.batch,
                     patience=params.patience,
                     seed=params.seed,
@@ -442,9 +444,10 @@ def reproduce(settings: Settings, version: int) -> ReproduceResult:
     model_version = client.get_model_version(settings.model_name, str(version))
     run = client.get_run(model_version.run_id)
     recorded = run.data.params
-    params = TrainParams.model_validate(
-        {key: recorded[key] for key in TrainParams.model_fields if key in recorded}
-    )
+    params = TrainParams.model_validate({  # MLflow logged a None as "None"
+        key: None if recorded[key] == "None" else recorded[key]
+        for key in TrainParams.model_fields if key in recorded
+    })  # fmt: skip
     revision, digest = run.data.tags["data_revision"], run.data.tags["data_digest"]
     parent = None
     if PARENT_TAG in run.data.tags:

@@ -171,3 +171,5 @@ def test_a_manual_run_sets_the_continual_training_knobs_and_null_keeps_params_ya
         train = _resolve(settings, None, manual)[1].train
         assert (train.init, train.data, train.balance) == ("champion", "replay", "sample")
         assert train.epochs == from_file.epochs
+        shorter = _resolve(settings, None, {**manual, "epochs": 2})[1].train
+        assert (shorter.epochs, shorter.finetune_epochs) == (2, 2)  # a warm start's too

@@ -91,11 +91,13 @@ def test_a_warm_start_builds_on_the_champion_at_its_size_with_replay(settings, t
     code = {"git_commit": f"warm-{uuid.uuid4().hex[:8]}", "params_digest": "p"}
     quick = dict(epochs=1, batch=8, workers=0, device="cpu", patience=5)
     r1, r2 = data_registry.pull(settings, "r1"), data_registry.pull(settings, "r2")
-    first = train.train(TrainParams(imgsz=64, **quick), r1, settings.runs_dir, settings, code)
+    scratch = TrainParams(imgsz=64, finetune_epochs=2, **quick)  # a scratch run: `epochs`
+    first = train.train(scratch, r1, settings.runs_dir, settings, code)
     champion = registry.register(first, r1, code, settings)
     registry.promote(settings, champion.version, "the first model")
 
-    warm = TrainParams(imgsz=32, init="champion", data="replay", replay_size=6, **quick)
+    warm = TrainParams(imgsz=32, init="champion", data="replay", replay_size=6,
+                       finetune_epochs=2, **quick)  # fmt: skip
     second = train.train(warm, r2, settings.runs_dir, settings, code)
 
     assert second.imgsz == 64
@@ -109,6 +111,9 @@ def test_a_warm_start_builds_on_the_champion_at_its_size_with_replay(settings, t
     args = yaml.safe_load((settings.runs_dir / second.run_id / "args.yaml").read_text())
     assert f"parents/v{champion.version}/" in args["model"]  # the champion's weights
     assert (args["optimizer"], args["lr0"], args["warmup_bias_lr"]) == ("AdamW", 0.0002, 0.0)
+    assert (args["epochs"], params["epochs_used"]) == (2, "2")  # finetune_epochs, not epochs
+    first_args = yaml.safe_load((settings.runs_dir / first.run_id / "args.yaml").read_text())
+    assert first_args["epochs"] == 1
     assert args["data"].endswith("train-list/data.yaml")
     listed = registry.client(settings).download_artifacts(second.run_id, "data", str(tmp_path))
     summary = yaml.safe_load(Path(listed, "train_list.json").read_text())
