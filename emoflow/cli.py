@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+import typing
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from emoflow.airflow_api import AirflowApi, AirflowApiError
 from emoflow.runs import DAG_ID
 from ml import data_batches, data_registry, registry
 from ml.config import ConfigError, Settings
-from ml.params import load_params
+from ml.params import TrainParams, load_params
 from ml.registry import RegistryError
 
 
@@ -185,8 +186,18 @@ def cmd_stop(args: argparse.Namespace, settings: Settings) -> None:
         print(f"{name}: {'stopped' if stopped else 'was not running'}")
 
 
+CONTINUAL_KNOBS = ("init", "data", "balance")
+"""`train` values a run may set, as the DAG's Params of the same names (None: params.yaml's)."""
+
+
+def run_conf(args: argparse.Namespace) -> dict:
+    """The DAG run's conf from `emoflow run`'s options."""
+    keys = ("revision", "epochs", "imgsz", *CONTINUAL_KNOBS)
+    return {key: getattr(args, key) for key in keys}
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> None:
-    conf = {"revision": args.revision, "epochs": args.epochs, "imgsz": args.imgsz}
+    conf = run_conf(args)
     data_registry.revision(settings, args.revision)  # an unknown one fails here, not in `pull`
     if args.debug:
         if services.running_pid(settings, "airflow-scheduler"):  # it would run the tasks too
@@ -452,6 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--revision", default="latest")
     run.add_argument("--epochs", type=int)
     run.add_argument("--imgsz", type=int)
+    for knob in CONTINUAL_KNOBS:
+        choices = typing.get_args(TrainParams.model_fields[knob].annotation)
+        run.add_argument(f"--{knob}", choices=choices,
+                         help=f"train.{knob} for this run (default: params.yaml's)")  # fmt: skip
     run.add_argument(
         "--debug", action="store_true",
         help="run the DAG in-process with `airflow dags test` (no scheduler, no executor)",

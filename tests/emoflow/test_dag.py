@@ -173,3 +173,30 @@ def test_a_manual_run_sets_the_continual_training_knobs_and_null_keeps_params_ya
         assert train.epochs == from_file.epochs
         shorter = _resolve(settings, None, {**manual, "epochs": 2})[1].train
         assert (shorter.epochs, shorter.finetune_epochs) == (2, 2)  # a warm start's too
+
+
+def test_emoflow_run_sets_only_the_dags_params_and_offers_the_knobs_choices(parsed):
+    """`emoflow run --init/--data/--balance` reach the run's conf under the DAG's Param names,
+    with the DAG's choices; a choice it does not offer is refused before anything runs."""
+    from emoflow.cli import build_parser, run_conf
+
+    args = build_parser().parse_args(
+        ["run", "--init", "champion", "--data", "replay", "--balance", "sample"]
+    )
+    conf = run_conf(args)
+    assert set(conf) <= set(parsed["params"])
+    assert conf == {"revision": "latest", "epochs": None, "imgsz": None,
+                    "init": "champion", "data": "replay", "balance": "sample"}  # fmt: skip
+    plain = run_conf(build_parser().parse_args(["run"]))
+    assert (plain["init"], plain["data"], plain["balance"]) == (None, None, None)
+    for knob in ("init", "data", "balance"):
+        parser = build_parser()
+        with pytest.raises(SystemExit):
+            parser.parse_args(["run", f"--{knob}", "everything"])
+        choices = next(a.choices for a in _run_parser(parser)._actions if a.dest == knob)
+        assert [None, *choices] == parsed["enums"][knob]
+
+
+def _run_parser(parser):
+    subcommands = next(a for a in parser._actions if a.choices and "run" in a.choices)
+    return subcommands.choices["run"]
