@@ -237,8 +237,16 @@ def _utc_time(text: str) -> datetime:
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
+APPROVAL_SETTLE_S = 15.0
+"""How old a request must be before it is answered. Airflow 3.3 fails a deferred task whose
+trigger fires before the scheduler has read the executor's report of the deferring process
+(apache/airflow#67287: "finished with state success, but ... is queued"); that report came 5 s
+after the deferral in a failed test run here."""
+
+
 def answer_approval(settings: Settings, approve: bool, run_id: str | None, reason: str) -> str:
-    """Answer the `approve` task waiting in an emotion_ct run (the only one, or `run_id`'s)."""
+    """Answer the `approve` task waiting in an emotion_ct run (the only one, or `run_id`'s),
+    once its request is `APPROVAL_SETTLE_S` old."""
     from emoflow.approval import TASK_ID, GateApproval
 
     api = AirflowApi(settings)
@@ -255,6 +263,11 @@ def answer_approval(settings: Settings, approve: bool, run_id: str | None, reaso
             + f" (waiting: {runs_waiting}); name one with --run"
         )
     run = waiting[0]["task_instance"]["dag_run_id"]
+    asked = datetime.fromisoformat(waiting[0]["created_at"])
+    wait = APPROVAL_SETTLE_S - (datetime.now(UTC) - asked).total_seconds()
+    if wait > 0:
+        print(f"the request is new: answering in {wait:.0f} s (apache/airflow#67287)", flush=True)
+        time.sleep(wait)
     option = GateApproval.APPROVE if approve else GateApproval.REJECT
     api.answer_approval(DAG_ID, run, TASK_ID, option, {"reason": reason or ""})
     return f"{option}: {waiting[0]['subject']} ({DAG_ID} run {run})"
