@@ -393,6 +393,21 @@ def test_mlflow_is_published_on_loopback_only(doc: dict):
     assert bindings(doc["services"]["mlflow"]["ports"][0]) == ("127.0.0.1", "5000")
 
 
+def test_the_service_container_sets_malloc_as_emoflow_start_service_does(
+    doc: dict, tmp_path, make_settings, monkeypatch
+):
+    """The container runs `bentoml serve` itself, so it needs the malloc settings that
+    `services.bento_service` gives the embedded service's workers."""
+    from emoflow import services
+
+    for key in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_"):
+        monkeypatch.delenv(key, raising=False)
+    launched = services.bento_service(make_settings(tmp_path)).env
+    container = doc["services"]["service"]["environment"]
+    for key in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_"):
+        assert container.get(key) == launched[key], key
+
+
 # ---------------------------------------------------------------- each check can fail
 
 
