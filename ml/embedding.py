@@ -1,8 +1,9 @@
 """An image embedding from the model's own backbone, for drift that sees what faces look like.
 
-`add_embedding_output` gives an ultralytics YOLOv8 ONNX export a second graph output,
-`EMBEDDING_OUTPUT` of shape (batch, C): the global average pool of the backbone's last layer
-(SPPF, layer 9 of yolov8n.yaml: its nodes are named ``/model.9/...`` in the export), flattened.
+`add_embedding_output` gives an ultralytics YOLOv8 or YOLO26 ONNX export a second graph output,
+`EMBEDDING_OUTPUT` of shape (batch, C): the global average pool of the backbone's SPPF block
+(layer 9 of yolov8n.yaml, its last, and of yolo26n.yaml, before C2PSA: its nodes are named
+``/model.9/...`` in the export), flattened.
 The first output and the metadata stay as they were. The service reads the embedding of each
 image's whole view next to its detections; `image_embeddings` computes the same numbers for
 image files (the monitor's reference: the champion's training images), through the service's
@@ -22,7 +23,7 @@ import numpy as np
 
 EMBEDDING_OUTPUT = "embedding"
 BACKBONE_END = "/model.9/"
-"""Name prefix of the backbone's last layer (SPPF) in ultralytics' exported graph."""
+"""Name prefix of the backbone's SPPF block (layer 9) in ultralytics' exported graph."""
 
 
 def _block_output(graph, path: Path) -> str:
@@ -33,7 +34,7 @@ def _block_output(graph, path: Path) -> str:
     if not block or not any(node.op_type == "MaxPool" for node in block):
         raise ValueError(
             f"{path}: no SPPF block named {BACKBONE_END}... in the ONNX graph; the embedding "
-            "output needs an ultralytics YOLOv8 detection export (backbone layer 9 = SPPF)"
+            "output needs an ultralytics YOLOv8 or YOLO26 detection export (layer 9 = SPPF)"
         )
     produced = {name for node in block for name in node.output}
     read_outside = {
