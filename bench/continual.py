@@ -12,7 +12,8 @@ and registered model on one MLflow server, train on the same revisions with the 
 Cycle 1 (r1) is a scratch training on r1 in every arm: it is trained once per balance setting
 and that one run is registered and promoted as the champion of each arm with the same balance.
 From cycle 2 on, each arm trains on the new revision (`ml.train.train`, in-process, no
-Airflow) and its model is promoted unconditionally: the bench measures the arms, not the gate.
+Airflow; a warm start for `finetune_epochs`) and its model is promoted unconditionally: the
+bench measures the arms, not the gate.
 Per arm and cycle: the train images listed, epochs run and their product (images seen), the
 training step's wall time, test mAP50, top-1 accuracy and macro-F1 of the matched faces and
 the rare classes' recall on the new revision's test split, and, against the arm's previous
@@ -62,6 +63,7 @@ class Sizes:
     valid: int = 48  # valid images per revision (uniform class mix)
     test: int = 240  # test images per revision (uniform class mix)
     epochs: int = 12  # 800 drawn faces at 64 px: val mAP50 levels off near 0.2 by ~10
+    finetune_epochs: int = 6  # a warm start's (train.finetune_epochs)
     imgsz: int = 64
     batch: int = 32
     replay_size: int = 160  # earlier train images a replay run adds to the new ones
@@ -70,7 +72,8 @@ class Sizes:
     face_scale_step: float = -0.05
 
 
-SMOKE = Sizes(first_train=48, batch_train=24, valid=16, test=32, epochs=1, replay_size=12)
+SMOKE = Sizes(first_train=48, batch_train=24, valid=16, test=32, epochs=1, finetune_epochs=1,
+              replay_size=12)  # fmt: skip
 
 
 def arm_name(init: str, data: str, balance: str) -> str:
@@ -137,6 +140,7 @@ def train_params(sizes: Sizes, init: str, data: str, balance: str):
     return TrainParams(
         imgsz=sizes.imgsz, epochs=sizes.epochs, batch=sizes.batch, patience=sizes.epochs,
         seed=0, workers=0, init=init, data=data, balance=balance, replay_size=sizes.replay_size,
+        finetune_epochs=sizes.finetune_epochs,
     )  # fmt: skip
 
 
@@ -294,9 +298,30 @@ def print_table(arms: dict[str, list[dict]]) -> None:
                   f"{t['recall']['contempt']:.3f}  {t['recall']['disgust']:.3f}  {drops}")  # fmt: skip
 
 
+def markdown_table(result: dict) -> str:
+    """The README's table of a run's JSON: one row per arm and cycle."""
+    lines = [
+        "| arm | cycle | images seen | train s | mAP50 | accuracy | macro-F1 | contempt recall "
+        "| disgust recall | largest mAP50 drop | largest recall drop |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    for name, rows in result["arms"].items():
+        for r in rows:
+            t = r["test"]
+            drops = ("- | -" if "largest_map50_drop" not in r else
+                     f"{r['largest_map50_drop']:+.3f} ({r['largest_map50_drop_on']}) | "
+                     f"{r['largest_recall_drop']:+.3f} ({r['largest_recall_drop_class']}, "
+                     f"{r['largest_recall_drop_on']})")  # fmt: skip
+            lines.append(
+                f"| {name} | {r['cycle']} | {r['images_seen']:,} | {r['train_wall_s']:.0f} | "
+                f"{t['map50']:.3f} | {t['accuracy'] or 0:.3f} | {t['macro_f1'] or 0:.3f} | "
+                f"{t['recall']['contempt']:.3f} | {t['recall']['disgust']:.3f} | {drops} |"
+            )
+    return "\n".join(lines)
+
+
 def run(sizes: Sizes, work: Path, out: Path, smoke: bool) -> dict:
     from emoflow import services
-    from ml.params import load_params
 
     started, began = time.monotonic(), datetime.now(UTC)
     data_home = Settings(_env_file=None, home=work / "data",
@@ -348,7 +373,6 @@ def run(sizes: Sizes, work: Path, out: Path, smoke: bool) -> dict:
     finally:
         services.stop(data_home, "mlflow")
     verdicts = goals(arms, sizes.revisions)
-    defaults = load_params(PROJECT_ROOT / "params.yaml").train
     result = {
         "what": "continual training arms over drifting revisions (issue 18)",
         "smoke": smoke,
@@ -370,7 +394,6 @@ def run(sizes: Sizes, work: Path, out: Path, smoke: bool) -> dict:
         "cycle_1": "one scratch run on r1 per balance setting, registered and promoted as the "
         "first champion of each arm with that balance (its row is the same in those arms)",
         "promotion": "every cycle's model is promoted (no gate): the next cycle builds on it",
-        "params_yaml_train": {k: getattr(defaults, k) for k in ("init", "data", "balance")},
         "arms": arms,
         "goals": verdicts,
     }
@@ -387,7 +410,12 @@ def main() -> None:
     for field, default in asdict(Sizes()).items():
         parser.add_argument(f"--{field.replace('_', '-')}", type=type(default),
                             help=f"default {default} (smoke: {getattr(SMOKE, field)})")  # fmt: skip
+    parser.add_argument("--table", type=Path, metavar="JSON",
+                        help="print the README's Markdown table of a finished run; run nothing")  # fmt: skip
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(args.table.read_text())))
+        return
     sizes = replace(
         SMOKE if args.smoke else Sizes(),
         **{f: getattr(args, f) for f in asdict(Sizes()) if getattr(args, f) is not None},
