@@ -238,10 +238,11 @@ def _utc_time(text: str) -> datetime:
 
 
 APPROVAL_SETTLE_S = 15.0
-"""How old a request must be before it is answered. Airflow 3.3 fails a deferred task whose
-trigger fires before the scheduler has read the executor's report of the deferring process
-(apache/airflow#67287: "finished with state success, but ... is queued"); that report came 5 s
-after the deferral in a failed test run here."""
+"""How old a request must be before it is answered: counted from its task's latest start too, as
+a cleared task asks again under the request's first `created_at`. Airflow 3.3 fails a deferred
+task whose trigger fires before the scheduler has read the executor's report of the deferring
+process (apache/airflow#67287: "finished with state success, but ... is queued"); that report
+came 5 s after the deferral in failed test runs here, once after a clear."""
 
 
 def answer_approval(settings: Settings, approve: bool, run_id: str | None, reason: str) -> str:
@@ -263,7 +264,8 @@ def answer_approval(settings: Settings, approve: bool, run_id: str | None, reaso
             + f" (waiting: {runs_waiting}); name one with --run"
         )
     run = waiting[0]["task_instance"]["dag_run_id"]
-    asked = datetime.fromisoformat(waiting[0]["created_at"])
+    times = (waiting[0]["created_at"], waiting[0]["task_instance"].get("start_date"))
+    asked = max(datetime.fromisoformat(stamp) for stamp in times if stamp)
     wait = APPROVAL_SETTLE_S - (datetime.now(UTC) - asked).total_seconds()
     if wait > 0:
         print(f"the request is new: answering in {wait:.0f} s (apache/airflow#67287)", flush=True)
