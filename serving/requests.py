@@ -144,10 +144,10 @@ def decode_image(data: bytes, max_pixels: int, budget: PixelBudget | None = None
             if budget is not None:
                 budget.take(image.width, image.height)
             image.load()
-            upright = ImageOps.exif_transpose(image)
-            if upright.mode.startswith("I"):  # 16-bit grey: Pillow's convert would clip to 255
-                upright = Image.fromarray((np.asarray(upright) >> 8).clip(0, 255).astype(np.uint8))
-            return np.asarray(upright.convert("RGB"))
+            ImageOps.exif_transpose(image, in_place=True)  # no copy of an upright one
+            if image.mode.startswith("I"):  # 16-bit grey: Pillow's convert would clip to 255
+                image = Image.fromarray((np.asarray(image) >> 8).clip(0, 255).astype(np.uint8))
+            return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     except ApiError:
         raise
     except Image.DecompressionBombError as exc:

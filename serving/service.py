@@ -43,6 +43,7 @@ from http import HTTPStatus
 from pathlib import Path
 
 import bentoml
+import cv2
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -151,6 +152,7 @@ class EmotionWorker:
 
     @bentoml.on_startup
     async def _start(self) -> None:
+        cv2.setNumThreads(self.champion.threads)  # letterboxing's: this worker's share of the cores
         self.prediction_log.start()
         with contextlib.suppress(Exception):  # the service stays up and says why in /ready
             await self.champion.follow()
@@ -203,7 +205,9 @@ class EmotionWorker:
         with self.face_detector_lock:
             if self.face_detector is None:
                 try:
-                    self.face_detector = FaceDetector(threads=self.champion.threads)
+                    self.face_detector = FaceDetector(
+                        self.settings.face_detector_dir, threads=self.champion.threads
+                    )
                 except Exception as exc:
                     detail = f"the face detector did not load: {type(exc).__name__}: {exc}"
                     raise ApiError(503, "face detector not loaded", detail) from None

@@ -236,6 +236,12 @@ def match_faces():
 
 
 @pytest.fixture(scope="session")
+def face_detector_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where these tests' face detectors keep their converted ONNX files (made once)."""
+    return tmp_path_factory.mktemp("face-detector")
+
+
+@pytest.fixture(scope="session")
 def imgsz() -> int:
     """The fixture model's input side."""
     return IMGSZ

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import statistics
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -15,6 +16,8 @@ import pytest
 from PIL import Image
 
 from ml.config import EMOTIONS
+from ml.dataset_format import letterbox
+from serving import faces
 from serving.faces import (
     BACK_CAMERA,
     FACE_SHARE,
@@ -26,6 +29,8 @@ from serving.faces import (
     anchor_centres,
     crop_box,
     input_shape,
+    model_file,
+    onnx_file,
     read_emotions,
     use_face_detector,
 )
@@ -61,13 +66,58 @@ def jpeg(image: np.ndarray) -> bytes:
     [(SHORT_RANGE, (128, 128), 896), (SHORT_RANGE, (352, 448), 44 * 56 * 2 + 22 * 28 * 6),
      (FULL_RANGE, (192, 192), 48 * 48), (BACK_CAMERA, (256, 256), 896)],
 )  # fmt: skip
-def test_one_anchor_per_model_output(model, shape: tuple[int, int], anchors: int) -> None:
+def test_one_anchor_per_model_output(
+    model, shape: tuple[int, int], anchors: int, face_detector_dir: Path
+) -> None:
     """The anchor layout matches the model files: one anchor per output row, for the models'
     own squares and for the short-range model on a 640x480 frame at 448 (352 x 448)."""
-    detector = FaceDetector(model, (max(shape),))
-    detector.nets[0].setInput(np.zeros((1, 3, *shape), np.float32))
-    logits, regressors = detector.nets[0].forward(detector.outputs)
+    detector = FaceDetector(face_detector_dir, model, (max(shape),))
+    logits, regressors = detector.forward(np.zeros((1, 3, *shape), np.float32))
     assert len(anchor_centres(model, *shape)) == anchors == logits.size == regressors.size // 16
+
+
+@pytest.mark.parametrize(
+    ("model", "shape"),
+    [(SHORT_RANGE, (128, 128)), (SHORT_RANGE, (352, 448)), (FULL_RANGE, (192, 192)),
+     (BACK_CAMERA, (256, 256)), (BACK_CAMERA, (352, 448))],
+)  # fmt: skip
+def test_the_onnx_model_answers_as_the_tflite_file(
+    model, shape: tuple[int, int], face_detector_dir: Path, photo_scenes
+) -> None:
+    """The converted model gives the numbers the wheel's `.tflite` gives when another reader
+    runs it (OpenCV's DNN module) on a real photo, at the models' own squares and at a frame's
+    448 pass."""
+    import cv2
+
+    reference = cv2.dnn.readNetFromTFLite(str(model_file(model)), engine=cv2.dnn.ENGINE_CLASSIC)
+    names = sorted(reference.getUnconnectedOutLayersNames(), key=lambda name: "regress" in name)
+    image = photo_scenes.faces[0][1]  # the astronaut
+    padded, _ = letterbox(image, shape)
+    blob = np.ascontiguousarray(padded.transpose(2, 0, 1)[None], dtype=np.float32) / 127.5 - 1
+    reference.setInput(blob)
+    expected = reference.forward(names)
+    got = FaceDetector(face_detector_dir, model, (max(shape),)).forward(blob)
+    assert expected[0].max() > 0  # a face is there: a real comparison, not of zeros
+    for ours, theirs in zip(got, expected, strict=True):
+        np.testing.assert_allclose(ours.ravel(), theirs.ravel(), atol=2e-3)
+
+
+def test_the_model_is_converted_once_and_a_failed_conversion_leaves_no_file(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The ONNX file is made on first use and reused; a `.tflite` that cannot be converted
+    gives an error naming it, and no file (the next start tries again)."""
+    first = onnx_file(SHORT_RANGE, tmp_path / "good")
+    made = first.stat().st_mtime_ns
+    assert onnx_file(SHORT_RANGE, tmp_path / "good") == first
+    assert first.stat().st_mtime_ns == made
+
+    broken = tmp_path / "face_detection_short_range.tflite"
+    broken.write_bytes(b"not a flatbuffer")
+    monkeypatch.setattr(faces, "model_file", lambda model: broken)
+    with pytest.raises(RuntimeError, match="face_detection_short_range.tflite: the conversion"):
+        onnx_file(SHORT_RANGE, tmp_path / "bad")
+    assert list((tmp_path / "bad").iterdir()) == []
 
 
 def test_the_full_range_model_takes_only_its_own_square() -> None:
@@ -136,19 +186,16 @@ def measure(detector: FaceDetector, photo_scenes, match_faces) -> dict:
     }  # fmt: skip
 
 
-def test_the_served_detector_is_the_best_of_the_candidates(photo_scenes, match_faces) -> None:
+def test_the_served_detector_is_the_best_of_the_candidates(
+    photo_scenes, match_faces, face_detector_dir: Path
+) -> None:
     """The figures docs/faces.md quotes (`pytest -s` prints them): the served detector finds
     more of the faces than any other candidate, and puts at most one box on 25 face-free
     images."""
-    import cv2
-
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)  # as in a service worker on this machine (one per core)
-    try:
-        figures = {name: measure(FaceDetector(*c), photo_scenes, match_faces)
-                   for name, c in CANDIDATES.items()}  # fmt: skip
-    finally:
-        cv2.setNumThreads(threads)
+    figures = {  # one thread, as in a service worker on this machine (one per core)
+        name: measure(FaceDetector(face_detector_dir, *c, threads=1), photo_scenes, match_faces)
+        for name, c in CANDIDATES.items()
+    }
     faces, free = sum(len(t) for *_, t in photo_scenes.faces), len(photo_scenes.face_free)
     print(f"\n{faces} faces in {len(photo_scenes.faces)} frames, {free} face-free images")
     for name, f in figures.items():
@@ -163,10 +210,12 @@ def test_the_served_detector_is_the_best_of_the_candidates(photo_scenes, match_f
 # ---------------------------------------------------------------- over HTTP
 
 
-def test_frames_of_real_photos_over_http(service_url: str, photo_scenes, match_faces) -> None:
+def test_frames_of_real_photos_over_http(
+    service_url: str, photo_scenes, match_faces, face_detector_dir: Path
+) -> None:
     """Each frame's faces come back where the detector puts them (its boxes, in the upload's
     pixels), each with an emotion of the model; nearly every face is found."""
-    detector = FaceDetector()
+    detector = FaceDetector(face_detector_dir)
     found = faces = extra = 0
     for name, image, truth in photo_scenes.faces:
         response = httpx.post(f"{service_url}/predict", files={"image": ("f.png", png(image))})

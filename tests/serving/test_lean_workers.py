@@ -24,9 +24,11 @@ HEAVY_LIBRARIES = ("pyarrow", "pandas/_libs", "libarrow", "scipy/", *(() if GPU_
 client brings) and, on a CPU host, torch map into a process."""
 HEAVY_MODULES = (
     "mlflow",
+    "onnx",  # the face detector's converter runs in a helper process (serving/faces.py)
     "pandas",
     "pyarrow",
     "scipy",
+    "tflite2onnx",
     "ultralytics",
     *(() if GPU_HOST else ("torch",)),
 )
@@ -91,7 +93,7 @@ settings = Settings()
 ref = registry_api.version_by_alias(settings, CHAMPION)
 served = load_version(settings, registry_api.version_ref(settings, ref.version), 1)
 image = np.zeros((480, 640, 3), np.uint8)
-FaceDetector(threads=1).find(image)
+FaceDetector(settings.face_detector_dir, threads=1).find(image)
 log = PredictionLog(settings.prediction_log)
 log.start()
 log.record(image[:96, :96], {"width": 96, "height": 96, "faces": []}, "/predict")
