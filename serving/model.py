@@ -26,6 +26,7 @@ reads each one as a crop (serving/faces.py).
 from __future__ import annotations
 
 import ast
+import functools
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -198,17 +199,39 @@ def merge_views(boxes: np.ndarray, confidences: np.ndarray, iou: float) -> np.nd
     return np.array(keep, dtype=np.int64)
 
 
+@functools.cache
+def _shared_cpu_arena() -> None:
+    """Registers, once per process, one CPU memory arena that every session of `onnx_session`
+    draws from, grown by what each call asks for (not to the next power of two). Sessions with
+    their own arenas each keep their own peak: the face detector's 448 pass and the emotion
+    model's batches held about 45 MiB more per worker than one shared arena does (2026-12-04)."""
+    import onnxruntime as ort
+
+    same_as_requested = 1  # ONNX Runtime's ArenaExtendStrategy::kSameAsRequested
+    config = ort.OrtArenaCfg(0, same_as_requested, -1, -1)  # no cap; default chunk sizes
+    cpu = ort.OrtMemoryInfo(
+        "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+    )
+    ort.create_and_register_allocator(cpu, config)
+
+
 def onnx_session(path: Path, threads: int = 0):
     """An ONNX Runtime session of `path` on CUDA where onnxruntime-gpu has it, else the CPU, with
-    `threads` intra-op threads (0: one per core)."""
+    `threads` intra-op threads (0: one per core). Its CPU memory comes from the process's one
+    shared arena (`_shared_cpu_arena`), without per-shape memory plans: the face detector reads
+    every frame size and the emotion model every batch size, and each plan would keep its own
+    buffers."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    _shared_cpu_arena()
     options = ort.SessionOptions()
     # ONNX Runtime's pool threads spin for a while after each call by default, burning the
     # cores that the service's HTTP, decoding and post-processing need between calls.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.use_env_allocators", "1")
+    options.enable_mem_pattern = False
     options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=providers)
 
