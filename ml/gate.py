@@ -141,25 +141,35 @@ def _forgetting_checks(
     champion_version: int | None, forgetting: Sequence[Forgetting], params: GateParams
 ) -> list[Check]:
     """The two forgetting rules over every earlier revision scored: its mAP50 drop, and each of
-    its classes' recall drop (a class the challenger no longer finds counts as recall 0)."""
+    its classes' recall drop (a class the challenger no longer finds counts as recall 0) where
+    the revision holds at least ``params.forgetting_min_faces`` faces of it (or the count is not
+    known); the classes left out are named in the reason."""
     if not forgetting:
         text = ("forgetting not measured: no earlier revision has test images of its own "
                 "besides the gated test split")  # fmt: skip
         bound = f"<= {params.max_forgetting_map50:.3f}"
         return [_check("max_forgetting_map50", True, "none scored", bound, text)]
     map50 = {f.revision: (f.champion.map50, f.challenger.map50) for f in forgetting}
-    recall = {
-        f"{f.revision} {cls}": (old, f.challenger.per_class_recall.get(cls, 0.0))
-        for f in forgetting
-        for cls, old in f.champion.per_class_recall.items()
-    }
+    recall, too_few = {}, []
+    for f in forgetting:
+        for cls, old in f.champion.per_class_recall.items():
+            faces = f.champion.per_class_faces.get(cls)
+            if faces is not None and faces < params.forgetting_min_faces:
+                too_few.append(f"{f.revision} {cls} ({faces})")
+            else:
+                recall[f"{f.revision} {cls}"] = (old, f.challenger.per_class_recall.get(cls, 0.0))
     counts = ", ".join(f"{f.revision}: {f.challenger.images}" for f in forgetting)
     where = f"vs champion v{champion_version} on each earlier revision's own test images ({counts})"
+    recall_check = _drop_check("max_forgetting_recall", "per-class recall", recall,
+                               params.max_forgetting_recall, where)  # fmt: skip
+    if too_few:
+        recall_check = recall_check.model_copy(update={"reason": (
+            f"{recall_check.reason}; not ruled, under {params.forgetting_min_faces} faces: "
+            + ", ".join(too_few))})  # fmt: skip
     return [
         _drop_check("max_forgetting_map50", "mAP50", map50, params.max_forgetting_map50, where),
-        _drop_check("max_forgetting_recall", "per-class recall", recall,
-                    params.max_forgetting_recall, where),
-    ]  # fmt: skip
+        recall_check,
+    ]
 
 
 def _drop_check(

@@ -284,6 +284,13 @@ class GateParams(_Section):
         description="Largest allowed drop of any class's recall (champion - challenger) on any "
         "earlier revision's own test images.",
     )
+    forgetting_min_faces: int = Field(
+        10,
+        ge=1,
+        description="A class's recall on an earlier revision's own test images is ruled by "
+        "max_forgetting_recall only where that revision holds at least this many labelled faces "
+        "of it: with 5 faces one face is 0.2 of recall. Classes below it are still shown.",
+    )
     max_latency_ms: float | None = Field(
         50.0,
         gt=0,

@@ -54,6 +54,7 @@ class EvalResult(Record):
     map50: float
     map50_95: float
     per_class_recall: dict[str, float]
+    per_class_faces: dict[str, int] = {}  # labelled faces of each class; {}: not counted
     revision: str | None = None  # data revision whose test split was used
     images: int | None = None  # test images evaluated
     stats_path: Path | None = None  # .npz of per-image stats (tp, conf, classes): bootstrap input

@@ -337,6 +337,10 @@ def score(
         map50=float(box.map50),
         map50_95=float(box.map),
         per_class_recall=recall,
+        per_class_faces={
+            EMOTIONS[int(c)]: int(n)
+            for c, n in zip(*np.unique(stats.target_cls, return_counts=True), strict=True)
+        },
         revision=dataset.revision,
         images=stats.images,
         stats_path=stats_path,

@@ -164,7 +164,8 @@ def test_the_gate_scores_each_earlier_revisions_own_test_images_and_logs_the_tab
                                          (1, 3, "sad", "sad")])  # fmt: skip
 
     gate = {"min_map50": 0.0, "min_map50_95": 0.0, "min_improvement": -1.0,
-            "max_recall_regression": 1.0, "max_latency_ms": None, "bootstrap_samples": 20}  # fmt: skip
+            "max_recall_regression": 1.0, "max_latency_ms": None, "bootstrap_samples": 20,
+            "forgetting_min_faces": 1}  # r1 has a few faces of each class: rule them all  # fmt: skip
     params = Params.model_validate({"gate": gate})
     result = steps.gate(challenger, trained, r2, settings=settings, params=params)
 
@@ -175,6 +176,8 @@ def test_the_gate_scores_each_earlier_revisions_own_test_images_and_logs_the_tab
     # the same figures as scoring r1's whole test split (r1 added all of it)
     assert earlier.champion.map50 == pytest.approx(direct.map50)
     assert earlier.champion.per_class_recall == pytest.approx(direct.per_class_recall)
+    assert earlier.champion.per_class_faces == direct.per_class_faces
+    assert sum(direct.per_class_faces.values()) == direct.faces > 0
 
     # the challenger forgot `forgotten` on r1: refused, naming the revision and the class
     assert earlier.champion.per_class_recall[forgotten] > 0.05

@@ -299,6 +299,28 @@ def test_a_class_forgotten_on_an_earlier_revision_is_refused_naming_class_and_re
                                                      FAST, lost)[1])[0]  # fmt: skip
 
 
+def test_a_class_with_too_few_faces_on_an_earlier_revision_is_shown_not_ruled():
+    """fear has 4 faces on r1 (one face is 0.25 of its recall): its drop is named as not
+    ruled; sad, with 30 faces, is still refused for the same drop."""
+    faces = {"happy": 30, "sad": 30, "fear": 4}
+    (r1,) = [earlier("r1", 0.8, 0.8, {**RECALL, "fear": 0.45})]
+    counted = r1.model_copy(update={"champion": r1.champion.model_copy(
+        update={"per_class_faces": faces})})  # fmt: skip
+    passed, checks = verdict(BETTER, CHAMPION, PARAMS, ci(0.05, 0.15), FAST, [counted])
+    assert passed, reasons(checks)
+    (rule,) = (c for c in checks if c.rule == "max_forgetting_recall")
+    assert rule.value == "+0.000 (r1 happy)"
+    assert rule.reason.endswith("; not ruled, under 10 faces: r1 fear (4)")
+    both = counted.model_copy(update={"challenger": counted.challenger.model_copy(
+        update={"per_class_recall": {**RECALL, "fear": 0.45, "sad": 0.5}})})  # fmt: skip
+    passed, checks = verdict(BETTER, CHAMPION, PARAMS, ci(0.05, 0.15), FAST, [both])
+    assert not passed
+    assert (
+        "forgotten: r1 sad 0.800 -> 0.500 (-0.300); not ruled, under 10 faces: r1 fear (4)"
+        in fails(checks)[0]
+    )
+
+
 def test_forgetting_within_the_bounds_passes_and_says_the_largest_drop():
     recall = {"happy": 0.86, "sad": 0.80, "fear": 0.75}  # happy -0.04, fear gains
     forgetting = [earlier("r2", 0.80, 0.791, recall), earlier("r1", 0.70, 0.75)]
