@@ -131,6 +131,10 @@ class EmotionWorker:
 
     def __init__(self, settings: Settings, workers: int) -> None:
         self.settings = settings
+        # BentoML's logging leaves the root logger at WARNING: say what this worker loaded
+        # (versions, the face detector, shadow scoring) in the service log too.
+        for package in ("serving", "monitoring"):
+            logging.getLogger(package).setLevel(logging.INFO)
         index = bentoml.server_context.worker_index or 1
         self.champion = ChampionFollower(settings, workers, index)
         self.tasks: list[asyncio.Task] = []
