@@ -144,7 +144,7 @@ class EmotionWorker:
         # Features and answers of every prediction, written by its own thread off the request path.
         images = FaceStore(settings.images_dir) if settings.prediction_images else None
         self.prediction_log = PredictionLog(settings.prediction_log, images=images)
-        self.face_detector: FaceDetector | None = None  # loaded on first use (`faces_of`)
+        self.face_detector: FaceDetector | None = None  # loaded at startup (`_load_face_detector`)
         self.face_detector_lock = threading.Lock()
         # The alias challenger, answering a sampled share of requests unseen (serving/shadow.py).
         self.shadow = ShadowScorer(settings)
@@ -166,6 +166,9 @@ class EmotionWorker:
         if self.shadow.enabled:  # ready once the challenger is loaded too (or failed to)
             await self._follow_challenger()
             self.tasks.append(asyncio.create_task(self._poll_challenger()))
+        if self.settings.serve_faces != "model":  # a failure is said again by the first frame
+            with contextlib.suppress(ApiError):
+                await asyncio.to_thread(self._load_face_detector, "at startup")
         # What is loaded by now lives as long as the process: leave it out of the collector's
         # full passes, which would otherwise stall requests for tens of milliseconds.
         gc.freeze()
@@ -203,19 +206,28 @@ class EmotionWorker:
             f"in {self.settings.mlflow_tracking_uri}",
         )  # fmt: skip
 
-    def faces_of(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The face detector's boxes and scores for `image`; the detector is loaded on the first
-        call (in this worker process, never at import)."""
+    def _load_face_detector(self, when: str) -> FaceDetector:
+        """The face detector of this worker, loaded (its ONNX file converted, on a new emoflow
+        home) at startup, so that no frame waits for it; loaded again by a frame if that failed."""
         with self.face_detector_lock:
             if self.face_detector is None:
+                started = time.perf_counter()
                 try:
                     self.face_detector = FaceDetector(
                         self.settings.face_detector_dir, threads=self.champion.threads
                     )
                 except Exception as exc:
                     detail = f"the face detector did not load: {type(exc).__name__}: {exc}"
+                    logger.error("%s", detail)
                     raise ApiError(503, "face detector not loaded", detail) from None
-        return self.face_detector.find(image)
+                logger.info(
+                    "face detector loaded %s in %.2f s", when, time.perf_counter() - started
+                )
+            return self.face_detector
+
+    def faces_of(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The face detector's boxes and scores for `image`."""
+        return self._load_face_detector("by a frame").find(image)
 
     def _prepare(self, served: ServedModel, image: np.ndarray) -> Prepared | FaceCrops:
         """An image as model input: its detected faces, or the model's own views of it."""

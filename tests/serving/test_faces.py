@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml.config import EMOTIONS
+from emoflow import services
+from ml.config import EMOTIONS, Settings
 from ml.dataset_format import letterbox
 from serving import faces
 from serving.faces import (
@@ -208,6 +209,22 @@ def test_the_served_detector_is_the_best_of_the_candidates(
 
 
 # ---------------------------------------------------------------- over HTTP
+
+
+def test_every_worker_loads_the_face_detector_at_startup(
+    service_url: str, champion_settings: Settings
+) -> None:
+    """This module's service started on a new emoflow home: each worker converted (or found) the
+    detector's ONNX file and loaded it before answering anything, so no frame waits for it."""
+    workers, deadline = champion_settings.serve_workers, time.monotonic() + 60
+    while time.monotonic() < deadline:  # the service is ready once one worker is: wait for all
+        log = services.log_file(champion_settings, "service").read_text()
+        if log.count("Completed async startup hook") >= workers:
+            break
+        time.sleep(0.2)
+    assert log.count("face detector loaded at startup") == workers, log[-2000:]
+    assert "face detector loaded by a frame" not in log
+    assert list((champion_settings.home / "face-detector").glob("*.onnx"))
 
 
 def test_frames_of_real_photos_over_http(
