@@ -56,6 +56,7 @@ from monitoring.shadow_report import shadow_report_page
 from serving.batching import Batcher
 from serving.champion import ChampionFollower
 from serving.faces import FaceCrops, FaceDetector, prepare_crops, read_emotions, use_face_detector
+from serving.memory import IdleTrim
 from serving.middleware import VERSION_HEADER, Observe
 from serving.model import Face, Prepared, ServedModel
 from serving.requests import (
@@ -148,6 +149,7 @@ class EmotionWorker:
         self.face_detector_lock = threading.Lock()
         # The alias challenger, answering a sampled share of requests unseen (serving/shadow.py).
         self.shadow = ShadowScorer(settings)
+        self.idle_trim = IdleTrim()  # freed memory back to the system after a load (memory.py)
 
     @property
     def served(self) -> ServedModel | None:
@@ -161,6 +163,7 @@ class EmotionWorker:
         with contextlib.suppress(Exception):  # the service stays up and says why in /ready
             await self.champion.follow()
         self.tasks.append(asyncio.create_task(self.champion.watch()))
+        self.tasks.append(asyncio.create_task(self.idle_trim.run()))
         if self.settings.serve_poll_seconds > 0:
             self.tasks.append(asyncio.create_task(self.champion.poll()))
         if self.shadow.enabled:  # ready once the challenger is loaded too (or failed to)
@@ -241,6 +244,7 @@ class EmotionWorker:
     ) -> list[dict]:
         """Decode and prepare each image, run all their faces or views in one batched call,
         answer."""
+        self.idle_trim.busy()
         detector = served.detector
 
         def prepare() -> tuple[list[np.ndarray], list[Prepared | FaceCrops]]:
