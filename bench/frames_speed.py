@@ -12,7 +12,8 @@ In one run, on this machine, with the same model, one contender after the other 
   crops   drawn face crops at the model's size, as bench/serving_speed.py measures them: (a),
           (b') and (c) raw ONNX Runtime (serving.model.Detector in a loop, no HTTP)
   memory  resident memory (psutil) of the service's whole process tree (supervisor and all
-          workers) and of each worker, after all its load; of each baseline process too
+          workers) and of each worker, right after all its load (the goal's figure) and again
+          once its workers have trimmed their heaps (serving/memory.py); of each baseline too
   health  GET /health, one request at a time, while wrk keeps /predict saturated with frames
 
 Load is bench/serving_speed.py's: wrk closed loop (N connections, each sending its next request
@@ -47,6 +48,7 @@ import serving_speed as speed
 
 from ml.config import PROJECT_ROOT, Settings
 from ml.sample_photos import Box, astronauts, iou, rgb, tiles_on_photo
+from serving.memory import IDLE_SECONDS
 
 RESULTS = PROJECT_ROOT / "bench" / "results" / "frames_speed.json"
 FRAME_SIZE = (640, 480)
@@ -205,7 +207,9 @@ def bench_service(home: Path, model: speed.Model, frame_set: list, crops: list[b
             f"{health['health_max_ms']} ms over {health['health_requests']} requests; predict "
             f"{health['predict_rps']} req/s")  # fmt: skip
         used = memory(pid)
-    return frames_result, crops_result, health, used
+        time.sleep(2 * IDLE_SECONDS + 1)  # the workers' idle trim (serving/memory.py) has run
+        rested = memory(pid)
+    return frames_result, crops_result, health, used, rested
 
 
 def bench_baseline(home: Path, model: speed.Model, imgsz: int, workloads: dict, args) -> dict:
@@ -251,8 +255,10 @@ def goals(results: dict) -> dict:
     }  # fmt: skip
     out["crops"] = speed.goals(results["crops"])
     worst = results["memory"]["service"]["max_worker_rss_mib"]
-    out["worker_rss"] = {"goal": f"<= {WORKER_RSS_MIB:g} MiB resident per worker",
-                         "max_worker_rss_mib": worst,
+    out["worker_rss"] = {"goal": f"<= {WORKER_RSS_MIB:g} MiB resident per worker, right after "
+                         "the load", "max_worker_rss_mib": worst,
+                         "max_worker_rss_at_rest_mib":
+                             results["memory"]["service_at_rest"]["max_worker_rss_mib"],
                          "met": worst is not None and worst <= WORKER_RSS_MIB}  # fmt: skip
     p99 = results["health_under_load"]["health_p99_ms"]
     out["health_p99"] = {"goal": f"/health p99 <= {HEALTH_P99_MS:g} ms with predict saturated",
@@ -303,6 +309,11 @@ def print_report(results: dict) -> None:
     for process in service["processes"]:
         say(f"  {process['role']:>10} {process['rss_mib']:7.1f} MiB RSS {process['pss_mib']:7.1f} "
             f"MiB PSS  {process['command'][:90]}")  # fmt: skip
+    rested = results["memory"]["service_at_rest"]
+    say(f"  {2 * IDLE_SECONDS + 1:g} s later, after the workers' idle trim: "
+        f"{rested['total_rss_mib']} MiB RSS ({rested['total_pss_mib']} MiB PSS), workers "
+        + ", ".join(f"{p['rss_mib']}" for p in rested["processes"] if p["role"] == "worker")
+        + " MiB RSS")  # fmt: skip
     for key in ("baseline_640", "baseline_matched"):
         say(f"  {key}: {results['memory'][key]['total_rss_mib']} MiB RSS")
     h = results["health_under_load"]
@@ -404,7 +415,7 @@ def main() -> None:
         results["crops_images"] = {"count": len(crops), "size": f"{model.imgsz}x{model.imgsz}",
                                    "from": "ml.sample_data.generate(seed=12345), drawn faces"}  # fmt: skip
         jpegs, truth = [f[1] for f in frame_set], [f[2] for f in frame_set]
-        frames_a, crops_a, health, used = bench_service(home, model, frame_set, crops, args)
+        frames_a, crops_a, health, used, rested = bench_service(home, model, frame_set, crops, args)
         at_640 = bench_baseline(
             home, model, 640, {"frames": (jpegs, truth, args.frame_concurrency)}, args
         )
@@ -420,7 +431,8 @@ def main() -> None:
     results["frames"] = {"service": frames_a, "baseline_640": at_640["frames"],
                          "baseline_matched": matched["frames"]}  # fmt: skip
     results["crops"] = {"service": crops_a, "baseline": matched["crops"], "raw_onnx": raw}
-    results["memory"] = {"service": used, "baseline_640": at_640["memory"],
+    results["memory"] = {"service": used, "service_at_rest": rested,
+                         "baseline_640": at_640["memory"],
                          "baseline_matched": matched["memory"]}  # fmt: skip
     results["health_under_load"] = health
     results["load_after"] = speed.loadavg()
