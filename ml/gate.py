@@ -160,23 +160,25 @@ def _forgetting_checks(
                 recall[f"{f.revision} {cls}"] = (old, f.challenger.per_class_recall.get(cls, 0.0))
     counts = ", ".join(f"{f.revision}: {f.challenger.images}" for f in forgetting)
     where = f"vs champion v{champion_version} on each earlier revision's own test images ({counts})"
-    recall_check = _drop_check("max_forgetting_recall", "per-class recall", recall,
-                               params.max_forgetting_recall, where)  # fmt: skip
-    if too_few:
-        recall_check = recall_check.model_copy(update={"reason": (
-            f"{recall_check.reason}; not ruled, under {params.forgetting_min_faces} faces: "
-            + ", ".join(too_few))})  # fmt: skip
+    left_out = (f"; not ruled, under {params.forgetting_min_faces} faces: {', '.join(too_few)}"
+                if too_few else "")  # fmt: skip
     return [
         _drop_check("max_forgetting_map50", "mAP50", map50, params.max_forgetting_map50, where),
-        recall_check,
-    ]
+        _drop_check("max_forgetting_recall", "per-class recall", recall,
+                    params.max_forgetting_recall, where, left_out),
+    ]  # fmt: skip
 
 
 def _drop_check(
-    rule: str, what: str, scores: dict[str, tuple[float, float]], bound: float, where: str
+    rule: str,
+    what: str,
+    scores: dict[str, tuple[float, float]],
+    bound: float,
+    where: str,
+    aside: str = "",
 ) -> Check:
     """Refuses when any (champion, challenger) pair of `scores` drops more than `bound`; the
-    reason names each one that did, else the largest drop."""
+    reason names each one that did, else the largest drop, then `aside`."""
     drop = {key: old - new for key, (old, new) in scores.items()}
     worst = max(drop, key=drop.__getitem__, default=None)
     largest = f"{drop[worst]:+.3f} ({worst})" if worst is not None else "none"
@@ -187,7 +189,7 @@ def _drop_check(
         text = f"{what} drop {where} <= {bound:.3f}; forgotten: {named}"
     else:
         text = f"{what} drop {where}: largest {largest} <= {bound:.3f}"
-    return _check(rule, not over, largest, f"<= {bound:.3f}", text)
+    return _check(rule, not over, largest, f"<= {bound:.3f}", text + aside)
 
 
 # ---------------------------------------------------------------------------------- the report
