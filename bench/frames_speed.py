@@ -50,6 +50,8 @@ from ml.config import PROJECT_ROOT, Settings
 from ml.sample_photos import Box, astronauts, iou, rgb, tiles_on_photo
 from serving.memory import IDLE_SECONDS
 
+REST_SECONDS = 2 * IDLE_SECONDS + 1  # after the load, before memory is read again: trimmed
+
 RESULTS = PROJECT_ROOT / "bench" / "results" / "frames_speed.json"
 FRAME_SIZE = (640, 480)
 FRAMES_VS_BASELINE_640 = 5.0
@@ -207,7 +209,7 @@ def bench_service(home: Path, model: speed.Model, frame_set: list, crops: list[b
             f"{health['health_max_ms']} ms over {health['health_requests']} requests; predict "
             f"{health['predict_rps']} req/s")  # fmt: skip
         used = memory(pid)
-        time.sleep(2 * IDLE_SECONDS + 1)  # the workers' idle trim (serving/memory.py) has run
+        time.sleep(REST_SECONDS)  # the workers' idle trim (serving/memory.py) has run
         rested = memory(pid)
     return frames_result, crops_result, health, used, rested
 
@@ -310,7 +312,7 @@ def print_report(results: dict) -> None:
         say(f"  {process['role']:>10} {process['rss_mib']:7.1f} MiB RSS {process['pss_mib']:7.1f} "
             f"MiB PSS  {process['command'][:90]}")  # fmt: skip
     rested = results["memory"]["service_at_rest"]
-    say(f"  {2 * IDLE_SECONDS + 1:g} s later, after the workers' idle trim: "
+    say(f"  {REST_SECONDS:g} s later, after the workers' idle trim: "
         f"{rested['total_rss_mib']} MiB RSS ({rested['total_pss_mib']} MiB PSS), workers "
         + ", ".join(f"{p['rss_mib']}" for p in rested["processes"] if p["role"] == "worker")
         + " MiB RSS")  # fmt: skip
